@@ -1,0 +1,1 @@
+"""program-user-info: Kafka -> flatten -> Cassandra, and the User Detail Report exhaust."""

@@ -1,0 +1,120 @@
+"""Flattening of program-user events into Cassandra rows (spec: shared/spec/streaming.md §1-4, 7).
+
+Two engines produce exactly the same results: the Rust extension ``dataflow.flatten_rs``
+(the hot path) and the pure-Python fallback in ``dataflow.flatten._python``.
+
+Both engines expose ``flatten_batch(messages, max_bytes, unset) -> list[tuple]`` and return one
+4-tuple per message, in order:
+
+* ``("upsert", row, write_ts, invalid_date)``: ``row`` is a tuple with one value per name in
+  :data:`COLUMNS`; a column that must not be written holds ``unset`` (the sink passes the
+  driver's ``UNSET_VALUE``); text is ``str`` or ``None``, ``pii_consent_required`` a ``bool``,
+  ``user_locations`` a ``dict[str, str]``, dates ``datetime.date`` or ``None``.
+* ``("delete", (program_id, user_id), write_ts, False)``.
+* ``("reject", reason, detail, False)``: ``reason`` is a stable code (``malformed_json``,
+  ``missing_key:userId``, ...), ``detail`` free text for humans.
+
+``write_ts`` is ``updatedAt`` in microseconds since the epoch, or ``None`` when ``updatedAt`` is
+unusable (the sink then falls back to the Kafka timestamp and clamps to the wall clock).
+``invalid_date`` is true when ``createdAt`` or ``updatedAt`` could not be used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+COLUMNS: tuple[str, ...] = (
+    "program_id",
+    "user_id",
+    "program_externalid",
+    "program_name",
+    "pii_consent_required",
+    "user_locations",
+    "organisation_id",
+    "organisation_name",
+    "user_type",
+    "user_sub_type",
+    "created_at",
+    "updated_at",
+)
+
+UPSERT = "upsert"
+DELETE = "delete"
+REJECT = "reject"
+
+DEFAULT_MAX_BYTES = 1024 * 1024
+ENGINES = ("auto", "rust", "python")
+
+log = logging.getLogger(__name__)
+
+
+class _NotWritten:
+    """Marks a column the message does not write (distinct from writing null)."""
+
+    _instance: _NotWritten | None = None
+
+    def __new__(cls) -> _NotWritten:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "NOT_WRITTEN"
+
+    def __reduce__(self) -> str:
+        return "NOT_WRITTEN"
+
+
+NOT_WRITTEN = _NotWritten()
+
+
+def rust_available() -> bool:
+    try:
+        from dataflow import flatten_rs  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_engine(engine: str | None = None) -> str:
+    """Return ``"rust"`` or ``"python"`` for a requested engine (``PUI_FLATTENER`` by default)."""
+    requested = (engine or os.environ.get("PUI_FLATTENER") or "auto").strip().lower()
+    if requested not in ENGINES:
+        raise ValueError(
+            f"PUI_FLATTENER must be one of {', '.join(ENGINES)}, not {requested!r}"
+        )
+    if requested == "python":
+        return "python"
+    if rust_available():
+        return "rust"
+    if requested == "rust":
+        raise ImportError(
+            "the Rust flattener (dataflow.flatten_rs) is not built; run scripts/install "
+            "or set PUI_FLATTENER=python"
+        )
+    return "python"
+
+
+def engine_function(engine: str | None = None):
+    """The ``flatten_batch(messages, max_bytes, unset)`` function of the resolved engine."""
+    if resolve_engine(engine) == "rust":
+        from dataflow import flatten_rs
+
+        return flatten_rs.flatten_batch
+    from dataflow.flatten import _python
+
+    return _python.flatten_batch
+
+
+def flatten_batch(
+    messages: Sequence[bytes],
+    engine: str = "auto",
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    unset: Any = NOT_WRITTEN,
+) -> list[tuple]:
+    """Flatten a batch of raw Kafka message values; see the module docstring for the results."""
+    return engine_function(engine)(list(messages), max_bytes, unset)
