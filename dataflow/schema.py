@@ -18,14 +18,16 @@ def check_identifier(name: str, setting: str) -> str:
     return name
 
 
-def keyspace_ddl(keyspace: str, replication: str = "{'class': 'SimpleStrategy', "
-                 "'replication_factor': '1'}") -> str:
+def keyspace_ddl(
+    keyspace: str, replication: str = "{'class': 'SimpleStrategy', 'replication_factor': '1'}"
+) -> str:
     check_identifier(keyspace, "keyspace")
     return f"CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {replication}"
 
 
-def program_enrollment_ddl(keyspace: str = "sunbird_programs",
-                           table: str = "program_enrollment") -> str:
+def program_enrollment_ddl(
+    keyspace: str = "sunbird_programs", table: str = "program_enrollment"
+) -> str:
     check_identifier(keyspace, "keyspace")
     check_identifier(table, "table")
     return (

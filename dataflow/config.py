@@ -1,0 +1,296 @@
+"""Settings of the streaming job, from environment variables and an optional Sunbird HOCON file.
+
+Environment variables win over the ``PUI_CONFIG`` file; every bad value fails at start with a
+message that names the setting. ``python -m dataflow.config`` prints the effective settings
+(secrets masked).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+ENV_VARS: tuple[str, ...] = (
+    "PUI_ENV",
+    "PUI_CONFIG",
+    "PUI_KAFKA_BROKERS",
+    "PUI_INPUT_TOPIC",
+    "PUI_FAILED_TOPIC",
+    "PUI_GROUP_ID",
+    "PUI_START_OFFSET",
+    "PUI_STOP_AT_END",
+    "PUI_BATCH_SIZE",
+    "PUI_CASSANDRA_HOSTS",
+    "PUI_CASSANDRA_PORT",
+    "PUI_CASSANDRA_KEYSPACE",
+    "PUI_CASSANDRA_TABLE",
+    "PUI_CASSANDRA_USERNAME",
+    "PUI_CASSANDRA_PASSWORD",
+    "PUI_CASSANDRA_LOCAL_DC",
+    "PUI_CASSANDRA_CONSISTENCY",
+    "PUI_CASSANDRA_REPLICATION",
+    "PUI_CASSANDRA_CONCURRENCY",
+    "PUI_FLATTENER",
+    "PUI_MAX_MESSAGE_BYTES",
+    "PUI_METRICS_PORT",
+    "PUI_LOG_INTERVAL",
+    "PUI_LOG_LEVEL",
+)
+# Any librdkafka setting: PUI_KAFKA_CONFIG_SASL_MECHANISM=PLAIN -> sasl.mechanism=PLAIN.
+KAFKA_CONFIG_PREFIX = "PUI_KAFKA_CONFIG_"
+
+# Sunbird's HOCON key -> our setting name (seed lern-program-user-info.txt).
+HOCON_KEYS: dict[str, str] = {
+    "kafka.input.topic": "input_topic",
+    "kafka.groupId": "group_id",
+    "kafka.broker-servers": "kafka_brokers",
+    "kafka.output.failed.topic": "failed_topic",
+    "ml-cassandra.keyspace": "cassandra_keyspace",
+    "ml-cassandra.table": "cassandra_table",
+    "ml-cassandra.host": "cassandra_hosts",
+    "ml-cassandra.port": "cassandra_port",
+}
+
+CONSISTENCY_LEVELS = (
+    "ANY",
+    "ONE",
+    "TWO",
+    "THREE",
+    "QUORUM",
+    "ALL",
+    "LOCAL_QUORUM",
+    "EACH_QUORUM",
+    "LOCAL_ONE",
+)
+START_OFFSETS = ("committed", "earliest", "latest")
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str = "local"
+    kafka_brokers: str = "127.0.0.1:9092"
+    input_topic: str = ""
+    failed_topic: str = ""
+    group_id: str = ""
+    start_offset: str = "committed"
+    stop_at_end: bool = False
+    batch_size: int = 1000
+    kafka_extra: Mapping[str, str] = field(default_factory=dict, repr=False)
+    cassandra_hosts: tuple[str, ...] = ("127.0.0.1",)
+    cassandra_port: int = 9042
+    cassandra_keyspace: str = "sunbird_programs"
+    cassandra_table: str = "program_enrollment"
+    cassandra_username: str | None = None
+    cassandra_password: str | None = field(default=None, repr=False)
+    cassandra_local_dc: str | None = None
+    cassandra_consistency: str = "LOCAL_QUORUM"
+    cassandra_replication: str = "{'class': 'SimpleStrategy', 'replication_factor': '1'}"
+    cassandra_concurrency: int = 64
+    flattener: str = "auto"
+    max_message_bytes: int = 1024 * 1024
+    metrics_port: int = 9100
+    log_interval: float = 30.0
+    log_level: str = "INFO"
+
+    def describe(self) -> str:
+        """One line per setting, secrets masked: safe to log."""
+        out = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "cassandra_password":
+                value = "***" if value else None
+            elif f.name == "kafka_extra":
+                value = {k: ("***" if _is_secret(k) else v) for k, v in value.items()}
+            out.append(f"{f.name}={value}")
+        return "\n".join(out)
+
+
+def _is_secret(key: str) -> bool:
+    return any(w in key.lower() for w in ("password", "secret", "token", "key"))
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name} must be true or false, not {raw!r}")
+
+
+def _parse_int(name: str, raw: str, low: int, high: int) -> int:
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, not {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, not {value}")
+    return value
+
+
+def _parse_float(name: str, raw: str, low: float) -> float:
+    try:
+        value = float(str(raw).strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, not {raw!r}") from None
+    if value < low:
+        raise ConfigError(f"{name} must be at least {low}, not {value}")
+    return value
+
+
+def _hosts(name: str, raw: str) -> tuple[str, ...]:
+    hosts = tuple(h.strip() for h in str(raw).split(",") if h.strip())
+    if not hosts:
+        raise ConfigError(f"{name} must list at least one host")
+    return hosts
+
+
+def _load_hocon(path: str) -> dict[str, str]:
+    """Read the Sunbird key names we understand from a HOCON file; other keys are ignored."""
+    try:
+        from pyhocon import ConfigFactory
+    except ImportError as exc:  # pragma: no cover - pyhocon is a pinned dependency
+        raise ConfigError("PUI_CONFIG needs the pyhocon package") from exc
+    if not os.path.isfile(path):
+        raise ConfigError(f"PUI_CONFIG points to {path!r}, which is not a readable file")
+    try:
+        tree = ConfigFactory.parse_file(path)
+    except Exception as exc:
+        raise ConfigError(f"PUI_CONFIG file {path!r} is not valid HOCON: {exc}") from None
+    found: dict[str, str] = {}
+    for key, setting in HOCON_KEYS.items():
+        value = tree.get(key, None)
+        if value is not None:
+            if isinstance(value, list):
+                value = ",".join(str(v) for v in value)
+            found[setting] = str(value)
+    return found
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build :class:`Settings` from ``environ`` (default ``os.environ``)."""
+    env = dict(os.environ if environ is None else environ)
+    file_values = _load_hocon(env["PUI_CONFIG"]) if env.get("PUI_CONFIG") else {}
+
+    def get(var: str, setting: str, default: str) -> tuple[str, str]:
+        """Value and the name to blame in errors: the variable, else the file key."""
+        if env.get(var, "") != "":
+            return env[var], var
+        if setting in file_values:
+            hocon_key = next(k for k, s in HOCON_KEYS.items() if s == setting)
+            return file_values[setting], f"{hocon_key} (in PUI_CONFIG)"
+        return default, var
+
+    pui_env, _ = get("PUI_ENV", "env", "local")
+    if not re.match(r"^[A-Za-z0-9_-]{1,64}$", pui_env):
+        raise ConfigError(
+            f"PUI_ENV must be a short name of letters, digits, - or _, not {pui_env!r}"
+        )
+
+    brokers, _ = get("PUI_KAFKA_BROKERS", "kafka_brokers", "127.0.0.1:9092")
+    input_topic, input_name = get("PUI_INPUT_TOPIC", "input_topic", f"{pui_env}.programuser.info")
+    failed_topic, failed_name = get(
+        "PUI_FAILED_TOPIC", "failed_topic", f"{pui_env}.programuser.info.failed"
+    )
+    group_id, _ = get("PUI_GROUP_ID", "group_id", f"{pui_env}-programuser-group")
+    for name, topic in ((input_name, input_topic), (failed_name, failed_topic)):
+        if not _TOPIC.match(topic):
+            raise ConfigError(f"{name} is not a valid Kafka topic name: {topic!r}")
+    if input_topic == failed_topic:
+        raise ConfigError(f"{failed_name} must differ from the input topic {input_topic!r}")
+    if not brokers.strip():
+        raise ConfigError("PUI_KAFKA_BROKERS must list at least one host:port")
+
+    start_offset = env.get("PUI_START_OFFSET", "committed").strip().lower() or "committed"
+    if start_offset not in START_OFFSETS:
+        raise ConfigError(f"PUI_START_OFFSET must be one of {', '.join(START_OFFSETS)}")
+
+    hosts_raw, hosts_name = get("PUI_CASSANDRA_HOSTS", "cassandra_hosts", "127.0.0.1")
+    port_raw, port_name = get("PUI_CASSANDRA_PORT", "cassandra_port", "9042")
+    keyspace, keyspace_name = get(
+        "PUI_CASSANDRA_KEYSPACE", "cassandra_keyspace", "sunbird_programs"
+    )
+    table, table_name = get("PUI_CASSANDRA_TABLE", "cassandra_table", "program_enrollment")
+    for name, ident in ((keyspace_name, keyspace), (table_name, table)):
+        if not _IDENT.match(ident):
+            raise ConfigError(f"{name} must be a plain CQL identifier, not {ident!r}")
+
+    consistency = env.get("PUI_CASSANDRA_CONSISTENCY", "LOCAL_QUORUM").strip().upper()
+    if consistency not in CONSISTENCY_LEVELS:
+        raise ConfigError(
+            f"PUI_CASSANDRA_CONSISTENCY must be one of {', '.join(CONSISTENCY_LEVELS)}"
+        )
+    username = env.get("PUI_CASSANDRA_USERNAME") or None
+    password = env.get("PUI_CASSANDRA_PASSWORD") or None
+    if (username is None) != (password is None):
+        raise ConfigError("PUI_CASSANDRA_USERNAME and PUI_CASSANDRA_PASSWORD must be set together")
+
+    flattener = env.get("PUI_FLATTENER", "auto").strip().lower() or "auto"
+    if flattener not in ("auto", "rust", "python"):
+        raise ConfigError("PUI_FLATTENER must be auto, rust or python")
+
+    log_level = env.get("PUI_LOG_LEVEL", "INFO").strip().upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("PUI_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+
+    kafka_extra = {
+        key[len(KAFKA_CONFIG_PREFIX) :].lower().replace("_", "."): value
+        for key, value in env.items()
+        if key.startswith(KAFKA_CONFIG_PREFIX) and len(key) > len(KAFKA_CONFIG_PREFIX)
+    }
+
+    return Settings(
+        env=pui_env,
+        kafka_brokers=brokers.strip(),
+        input_topic=input_topic,
+        failed_topic=failed_topic,
+        group_id=group_id,
+        start_offset=start_offset,
+        stop_at_end=_parse_bool("PUI_STOP_AT_END", env.get("PUI_STOP_AT_END", "false")),
+        batch_size=_parse_int("PUI_BATCH_SIZE", env.get("PUI_BATCH_SIZE", "1000"), 1, 100_000),
+        kafka_extra=kafka_extra,
+        cassandra_hosts=_hosts(hosts_name, hosts_raw),
+        cassandra_port=_parse_int(port_name, port_raw, 1, 65535),
+        cassandra_keyspace=keyspace,
+        cassandra_table=table,
+        cassandra_username=username,
+        cassandra_password=password,
+        cassandra_local_dc=env.get("PUI_CASSANDRA_LOCAL_DC") or None,
+        cassandra_consistency=consistency,
+        cassandra_replication=env.get("PUI_CASSANDRA_REPLICATION")
+        or Settings.cassandra_replication,
+        cassandra_concurrency=_parse_int(
+            "PUI_CASSANDRA_CONCURRENCY", env.get("PUI_CASSANDRA_CONCURRENCY", "64"), 1, 2048
+        ),
+        flattener=flattener,
+        max_message_bytes=_parse_int(
+            "PUI_MAX_MESSAGE_BYTES",
+            env.get("PUI_MAX_MESSAGE_BYTES", str(1024 * 1024)),
+            1,
+            1 << 30,
+        ),
+        metrics_port=_parse_int("PUI_METRICS_PORT", env.get("PUI_METRICS_PORT", "9100"), 0, 65535),
+        log_interval=_parse_float("PUI_LOG_INTERVAL", env.get("PUI_LOG_INTERVAL", "30"), 0.0),
+        log_level=log_level,
+    )
+
+
+def main() -> int:
+    try:
+        print(load().describe())
+    except ConfigError as exc:
+        print(f"configuration error: {exc}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

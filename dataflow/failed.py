@@ -1,0 +1,134 @@
+"""Publishing rejected messages, unchanged, to the failed topic with the headers of spec §4."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from dataflow import metrics
+from dataflow.config import Settings
+
+log = logging.getLogger("dataflow.failed")
+
+# Header names are part of the contract with whoever reads the failed topic.
+REASON = "error.reason"
+DETAIL = "error.detail"
+SOURCE_TOPIC = "source.topic"
+SOURCE_PARTITION = "source.partition"
+SOURCE_OFFSET = "source.offset"
+SOURCE_TIMESTAMP = "source.timestamp"
+
+TRUNCATED = "error.value_truncated"
+
+MAX_DETAIL = 1000
+# Failed-topic message size we ask for at bootstrap and allow in the producer.
+MAX_FAILED_BYTES = 10 * 1024 * 1024
+# What is kept of a value too large even for the failed topic (its size goes in a header).
+TRUNCATED_KEEP = 64 * 1024
+
+
+def producer_config(settings: Settings) -> dict:
+    config = {
+        "bootstrap.servers": settings.kafka_brokers,
+        "client.id": f"program-user-info-failed-{settings.env}",
+        "enable.idempotence": True,
+        "linger.ms": 20,
+        # Large rejected messages (up to the size limit) must still be publishable.
+        "message.max.bytes": MAX_FAILED_BYTES + 65536,
+    }
+    config.update(
+        {
+            k: v
+            for k, v in settings.kafka_extra.items()
+            if k.startswith(("security.", "sasl.", "ssl.", "client."))
+        }
+    )
+    return config
+
+
+class FailedTopicPublisher:
+    """Blocking publisher: ``flush()`` returns only when every message is acknowledged, so an
+    epoch is never committed with a rejection that is not on the failed topic."""
+
+    def __init__(self, settings: Settings):
+        self.topic = settings.failed_topic
+        self._producer = Producer(producer_config(settings))
+        self._undelivered: list[tuple] = []
+
+    def publish(
+        self,
+        value: bytes | None,
+        key: bytes | None,
+        reason: str,
+        detail: str,
+        source_topic: str,
+        partition: int,
+        offset: int,
+        timestamp_ms: int,
+    ) -> None:
+        headers = [
+            (REASON, reason.encode()),
+            (DETAIL, detail[:MAX_DETAIL].encode("utf-8", "replace")),
+            (SOURCE_TOPIC, source_topic.encode()),
+            (SOURCE_PARTITION, str(partition).encode()),
+            (SOURCE_OFFSET, str(offset).encode()),
+            (SOURCE_TIMESTAMP, str(timestamp_ms).encode()),
+        ]
+        self._produce(value, key, headers)
+
+    def _produce(self, value, key, headers) -> None:
+        record = (value, key, headers)
+
+        def on_delivery(err: KafkaError | None, _msg) -> None:
+            if err is None:
+                metrics.FAILED_PUBLISHED.inc()
+                return
+            metrics.KAFKA_ERRORS.labels(err.name()).inc()
+            if err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                self._undelivered.append(_truncated(*record))
+            else:
+                self._undelivered.append(record)
+
+        while True:
+            try:
+                self._producer.produce(
+                    self.topic, value=value, key=key, headers=headers, on_delivery=on_delivery
+                )
+                return
+            except BufferError:
+                self._producer.poll(0.1)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                    raise
+                value, key, headers = record = _truncated(value, key, headers)
+
+    def flush(self) -> None:
+        """Wait until every published message is acknowledged; re-send failures with backoff."""
+        attempt = 0
+        while True:
+            remaining = self._producer.flush(30)
+            if remaining == 0 and not self._undelivered:
+                return
+            if self._undelivered:
+                retry, self._undelivered = self._undelivered, []
+                attempt += 1
+                log.warning(
+                    "re-sending %d message(s) to %s after delivery errors (attempt %d)",
+                    len(retry),
+                    self.topic,
+                    attempt,
+                )
+                time.sleep(min(0.5 * 2**attempt, 10))
+                for record in retry:
+                    self._produce(*record)
+            elif remaining:
+                log.warning("%d message(s) for %s still in flight, waiting", remaining, self.topic)
+
+
+def _truncated(value, key, headers) -> tuple:
+    """Keep the start of a value the failed topic cannot hold, and say so in a header, so the
+    rejection is still recorded rather than lost."""
+    size = len(value or b"")
+    return (value or b"")[:TRUNCATED_KEEP], key, [*headers, (TRUNCATED, str(size).encode())]

@@ -1,0 +1,63 @@
+"""The streaming job: Kafka -> flatten -> Cassandra (spec: shared/spec/streaming.md)."""
+
+from __future__ import annotations
+
+import logging
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+
+from dataflow import config, metrics
+from dataflow.flatten_step import Flattener
+from dataflow.sink import CassandraSink, connect
+from dataflow.source import KafkaBatchSource, list_partitions
+
+log = logging.getLogger("dataflow")
+
+
+def build_flow(settings: config.Settings | None = None) -> Dataflow:
+    settings = settings or config.load()
+    configure_logging(settings.log_level)
+    log.info(
+        "program-user-info: %s -> %s.%s (failed: %s, group %s)",
+        settings.input_topic,
+        settings.cassandra_keyspace,
+        settings.cassandra_table,
+        settings.failed_topic,
+        settings.group_id,
+    )
+    check_ready(settings)
+    metrics.start(settings.metrics_port, settings.log_interval)
+
+    flow = Dataflow("program_user_info")
+    batches = op.input("kafka_in", flow, KafkaBatchSource(settings))
+    rows = op.map("flatten", batches, Flattener(settings))
+    op.output("cassandra_out", rows, CassandraSink(settings))
+    return flow
+
+
+def configure_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    else:
+        root.setLevel(level)
+    # The driver logs every reconnect attempt at WARNING; our own retry log says it once.
+    logging.getLogger("cassandra").setLevel(max(logging.getLevelName(level), logging.ERROR))
+
+
+def check_ready(settings: config.Settings) -> None:
+    """Fail at start, with a message that says what to do, when the topic or table is missing.
+    (Unavailable servers are waited for; missing objects are a setup mistake.)"""
+    partitions = list_partitions(settings, timeout=60)
+    log.info("input topic %s has %d partition(s)", settings.input_topic, len(partitions))
+    cluster, _ = connect(settings)
+    try:
+        ks = cluster.metadata.keyspaces.get(settings.cassandra_keyspace)
+        if ks is None or settings.cassandra_table not in ks.tables:
+            raise RuntimeError(
+                f"Cassandra table {settings.cassandra_keyspace}.{settings.cassandra_table} "
+                "does not exist: run python -m dataflow.bootstrap"
+            )
+    finally:
+        cluster.shutdown()
