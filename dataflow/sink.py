@@ -255,6 +255,7 @@ class _CassandraSinkPartition(StatelessSinkPartition):
             )
 
     def close(self) -> None:
+        log.info("final counters %s", metrics.log_line())
         self._failed.flush()
         self._committer.close()
         self._cluster.shutdown()
