@@ -74,12 +74,14 @@ def test_bad_hocon_value_names_the_file_key(tmp_path):
 
 
 def test_librdkafka_passthrough_and_secrets_masked():
-    s = config.load({
-        "PUI_KAFKA_CONFIG_SECURITY_PROTOCOL": "SASL_SSL",
-        "PUI_KAFKA_CONFIG_SASL_PASSWORD": "hunter2",
-        "PUI_CASSANDRA_USERNAME": "cassandra",
-        "PUI_CASSANDRA_PASSWORD": "s3cret-pw",
-    })
+    s = config.load(
+        {
+            "PUI_KAFKA_CONFIG_SECURITY_PROTOCOL": "SASL_SSL",
+            "PUI_KAFKA_CONFIG_SASL_PASSWORD": "hunter2",
+            "PUI_CASSANDRA_USERNAME": "cassandra",
+            "PUI_CASSANDRA_PASSWORD": "s3cret-pw",
+        }
+    )
     assert s.kafka_extra == {"security.protocol": "SASL_SSL", "sasl.password": "hunter2"}
     text = s.describe() + repr(s)
     assert "hunter2" not in text

@@ -83,9 +83,7 @@ def resolve_engine(engine: str | None = None) -> str:
     """Return ``"rust"`` or ``"python"`` for a requested engine (``PUI_FLATTENER`` by default)."""
     requested = (engine or os.environ.get("PUI_FLATTENER") or "auto").strip().lower()
     if requested not in ENGINES:
-        raise ValueError(
-            f"PUI_FLATTENER must be one of {', '.join(ENGINES)}, not {requested!r}"
-        )
+        raise ValueError(f"PUI_FLATTENER must be one of {', '.join(ENGINES)}, not {requested!r}")
     if requested == "python":
         return "python"
     if rust_available():
