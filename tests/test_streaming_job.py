@@ -131,7 +131,14 @@ REJECTIONS = [
     (b'{"programId": "p1", "userId": "u1", "pad": "' + b"x" * 250_000 + b'"}', "too_large"),
     # Cassandra refuses partition keys over 64 KiB: the row goes to the failed topic.
     (
-        json.dumps({"programId": "k" * 70_000, "userId": "u1", "updatedAt": iso(at(1))}).encode(),
+        json.dumps(
+            {
+                "programId": "k" * 70_000,
+                "userId": "u1",
+                "updatedAt": iso(at(1)),
+                "createdAt": iso(at(1)),
+            }
+        ).encode(),
         "cassandra_rejected",
     ),
 ]

@@ -73,10 +73,10 @@ NOT_WRITTEN = _NotWritten()
 
 def rust_available() -> bool:
     try:
-        from dataflow import flatten_rs  # noqa: F401
+        from dataflow import flatten_rs
     except ImportError:
         return False
-    return True
+    return hasattr(flatten_rs, "flatten_batch")
 
 
 def resolve_engine(engine: str | None = None) -> str:
