@@ -59,8 +59,8 @@ def produce(settings: config.Settings, records) -> None:
             settings.input_topic,
             value=value,
             partition=partition,
-            timestamp=ts,
             on_delivery=lambda err, _m: errors.append(err) if err else None,
+            **({"timestamp": ts} if ts is not None else {}),
         )
         prod.poll(0)
     assert prod.flush(60) == 0

@@ -218,7 +218,7 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(
             from_string("2023-01-01T00:00+0530").unwrap().1,
-            a - 5 * 3_600_000_000
+            a - (5 * 60 + 30) * 60_000_000
         );
     }
 

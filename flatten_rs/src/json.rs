@@ -183,7 +183,7 @@ impl<'a> Parser<'a> {
 
     fn object(&mut self, depth: usize, keep: Keep) -> Result<Value<'a>> {
         self.pos += 1;
-        let mut pairs = Vec::new();
+        let mut pairs = Vec::with_capacity(8);
         self.ws();
         if self.peek() == Some(b'}') {
             self.pos += 1;
@@ -226,7 +226,7 @@ impl<'a> Parser<'a> {
 
     fn array(&mut self, depth: usize) -> Result<Value<'a>> {
         self.pos += 1;
-        let mut items = Vec::new();
+        let mut items = Vec::with_capacity(8);
         self.ws();
         if self.peek() == Some(b']') {
             self.pos += 1;
@@ -371,13 +371,13 @@ impl<'a> Parser<'a> {
         let mut i = self.pos + 1;
         let mut escaped = false;
         loop {
-            // Fast path over plain bytes.
-            while let Some(&c) = b.get(i) {
-                if c == b'"' || c == b'\\' || c < 0x20 {
-                    break;
-                }
-                i += 1;
+            // Jump to the next quote or backslash (SIMD), then check the span for control
+            // characters in one pass the compiler vectorises.
+            let end = memchr::memchr2(b'"', b'\\', &b[i..]).map_or(b.len(), |off| i + off);
+            if let Some(off) = b[i..end].iter().position(|&c| c < 0x20) {
+                return err(format!("control character in a string at byte {}", i + off));
             }
+            i = end;
             match b.get(i) {
                 Some(b'"') => {
                     self.pos = i + 1;
