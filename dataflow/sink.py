@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from cassandra import ConsistencyLevel, InvalidRequest
 from cassandra.auth import PlainTextAuthProvider
-from cassandra.cluster import Cluster, NoHostAvailable, Session
+from cassandra.cluster import (
+    EXEC_PROFILE_DEFAULT,
+    Cluster,
+    ExecutionProfile,
+    NoHostAvailable,
+    Session,
+)
 from cassandra.concurrent import execute_concurrent
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType
@@ -43,7 +49,12 @@ def connect(settings: Settings, *, wait: float | None = None) -> tuple[Cluster, 
     auth = None
     if settings.cassandra_username:
         auth = PlainTextAuthProvider(settings.cassandra_username, settings.cassandra_password)
-    policy = TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=settings.cassandra_local_dc))
+    profile = ExecutionProfile(
+        load_balancing_policy=TokenAwarePolicy(
+            DCAwareRoundRobinPolicy(local_dc=settings.cassandra_local_dc)
+        ),
+        consistency_level=ConsistencyLevel.name_to_value[settings.cassandra_consistency],
+    )
     deadline = None if wait is None else time.monotonic() + wait
     attempt = 0
     while True:
@@ -51,7 +62,7 @@ def connect(settings: Settings, *, wait: float | None = None) -> tuple[Cluster, 
             list(settings.cassandra_hosts),
             port=settings.cassandra_port,
             auth_provider=auth,
-            load_balancing_policy=policy,
+            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
             protocol_version=5,
             connect_timeout=10,
         )
