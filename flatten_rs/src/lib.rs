@@ -12,6 +12,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDate, PyDict, PyList, PyString, PyTuple};
+use rustc_hash::FxHashMap;
 
 use dates::Date;
 use rules::{CaseMap, Outcome, Written};
@@ -51,21 +52,50 @@ impl CaseMap for PyCase<'_> {
     }
 }
 
-fn text<'py>(py: Python<'py>, s: Option<&str>) -> Bound<'py, PyAny> {
-    match s {
-        Some(s) => PyString::new(py, s).into_any(),
-        None => py.None().into_bound(py),
-    }
+/// One Python string per distinct text in a batch. Events of a batch repeat the same program,
+/// location and organisation names and the same location keys; sharing the objects saves the
+/// decoding, the allocation and, for dict keys, the hashing of each repeat.
+struct Strings<'py> {
+    py: Python<'py>,
+    seen: FxHashMap<String, Bound<'py, PyString>>,
 }
 
-fn written<'py, T: AsRef<str>>(
-    py: Python<'py>,
-    value: &Written<T>,
-    unset: &Bound<'py, PyAny>,
-) -> Bound<'py, PyAny> {
-    match value {
-        None => unset.clone(),
-        Some(v) => text(py, v.as_ref().map(|s| s.as_ref())),
+impl<'py> Strings<'py> {
+    fn new(py: Python<'py>) -> Self {
+        Strings {
+            py,
+            seen: FxHashMap::with_capacity_and_hasher(256, Default::default()),
+        }
+    }
+
+    fn get(&mut self, s: &str) -> Bound<'py, PyString> {
+        if let Some(found) = self.seen.get(s) {
+            return found.clone();
+        }
+        let made = PyString::new(self.py, s);
+        // Bounded so that a batch of unique texts does not keep them all alive twice.
+        if self.seen.len() < 4096 {
+            self.seen.insert(s.to_owned(), made.clone());
+        }
+        made
+    }
+
+    fn text(&mut self, s: Option<&str>) -> Bound<'py, PyAny> {
+        match s {
+            Some(s) => self.get(s).into_any(),
+            None => self.py.None().into_bound(self.py),
+        }
+    }
+
+    fn written<T: AsRef<str>>(
+        &mut self,
+        value: &Written<T>,
+        unset: &Bound<'py, PyAny>,
+    ) -> Bound<'py, PyAny> {
+        match value {
+            None => unset.clone(),
+            Some(v) => self.text(v.as_ref().map(|s| s.as_ref())),
+        }
     }
 }
 
@@ -85,6 +115,7 @@ fn timestamp<'py>(py: Python<'py>, ts: Option<i64>) -> PyResult<Bound<'py, PyAny
 
 fn to_python<'py>(
     py: Python<'py>,
+    strings: &mut Strings<'py>,
     outcome: Outcome<'_>,
     unset: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyTuple>> {
@@ -99,24 +130,24 @@ fn to_python<'py>(
                 Some(pairs) => {
                     let dict = PyDict::new(py);
                     for (k, v) in pairs {
-                        dict.set_item(PyString::new(py, k), PyString::new(py, v))?;
+                        dict.set_item(strings.get(k), strings.get(v))?;
                     }
                     dict.into_any()
                 }
             };
             let values: [Bound<'py, PyAny>; 12] = [
-                PyString::new(py, &row.program_id).into_any(),
+                strings.get(&row.program_id).into_any(),
                 PyString::new(py, &row.user_id).into_any(),
-                text(py, row.program_externalid.as_deref()),
-                text(py, row.program_name.as_deref()),
+                strings.text(row.program_externalid.as_deref()),
+                strings.text(row.program_name.as_deref()),
                 pyo3::types::PyBool::new(py, row.pii_consent_required)
                     .to_owned()
                     .into_any(),
                 locations,
-                written(py, &row.organisation_id, unset),
-                written(py, &row.organisation_name, unset),
-                written(py, &row.user_type, unset),
-                written(py, &row.user_sub_type, unset),
+                strings.written(&row.organisation_id, unset),
+                strings.written(&row.organisation_name, unset),
+                strings.written(&row.user_type, unset),
+                strings.written(&row.user_sub_type, unset),
                 date(py, row.created_at)?,
                 date(py, row.updated_at)?,
             ];
@@ -170,6 +201,7 @@ fn flatten_batch<'py>(
     unset: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyList>> {
     let case = PyCase(py);
+    let mut strings = Strings::new(py);
     let out = PyList::empty(py);
     for item in messages.iter() {
         let raw = item
@@ -184,7 +216,7 @@ fn flatten_batch<'py>(
             reason: "internal_error".into(),
             detail: "the Rust flattener failed on this message".into(),
         });
-        out.append(to_python(py, outcome, unset)?)?;
+        out.append(to_python(py, &mut strings, outcome, unset)?)?;
     }
     Ok(out)
 }

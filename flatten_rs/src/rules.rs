@@ -153,7 +153,10 @@ fn locations<'a>(items: &[Value<'a>]) -> Vec<(String, Cow<'a, str>)> {
                 Some(Value::Num(n)) => Cow::Borrowed(*n),
                 _ => continue,
             };
-            let key = format!("{kind}_{attr}");
+            let mut key = String::with_capacity(kind.len() + 1 + attr.len());
+            key.push_str(kind);
+            key.push('_');
+            key.push_str(attr);
             // Overwrite in place: the key keeps its first position, like a Python dict.
             match out.iter_mut().find(|(k, _)| *k == key) {
                 Some(slot) => slot.1 = value,
