@@ -1,0 +1,487 @@
+"""End-to-end benchmark of the streaming job against ceilings measured in the same run.
+
+    .venv/bin/python -m benchmarks.e2e [--events 200000] [--latency-seconds 30]
+                                       [--soak-minutes 0] [--configs rust-1,rust-2,python-1]
+
+Needs the local stack (`scripts/services up`). In order, on one fresh topic of 4 partitions:
+
+1. produce N realistic events (distinct users, 20 programs);
+2. Kafka ceiling: one confluent-kafka consumer reading all of them as fast as it can;
+3. sink ceilings: the same rows, flattened beforehand, written with cassandra-driver as
+   (a) concurrent single-row inserts and (b) unlogged batches per partition key; the faster is
+   the ceiling;
+4. the dataflow from the earliest offset until the topic is drained and every row is in
+   Cassandra, per configuration (engine, number of Bytewax processes): events/s, CPU seconds
+   and peak RSS of the dataflow processes;
+5. latency: the job running, events produced at half the best measured rate, produce → row
+   readable, p50/p99 over sampled events; with ``--soak-minutes`` the same for that long while
+   RSS and consumer lag are sampled.
+
+Prints Markdown tables and writes the figures to ``benchmarks/results/e2e.json`` (read by
+``benchmarks/plot.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from cassandra.concurrent import execute_concurrent, execute_concurrent_with_args
+from cassandra.query import BatchStatement, BatchType
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from dataflow import config
+from dataflow.bootstrap import bootstrap_cassandra
+from dataflow.flatten import NOT_WRITTEN, engine_function
+from dataflow.kafka_admin import ensure_topics
+from dataflow.produce import publish
+from dataflow.sample_events import generate
+from dataflow.schema import program_enrollment_ddl
+from dataflow.sink import MAX_BATCH_ROWS, connect
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+PARTITIONS = 4
+PROGRAMS = 20
+COLUMNS = (
+    "program_id, user_id, program_externalid, program_name, pii_consent_required, "
+    "user_locations, organisation_id, organisation_name, user_type, user_sub_type, "
+    "created_at, updated_at"
+)
+
+
+def say(msg: str) -> None:
+    print(f"[e2e] {msg}", file=sys.stderr, flush=True)
+
+
+def job_env(name: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUI_")}
+    env.update(
+        PUI_ENV=name,
+        PUI_CASSANDRA_KEYSPACE=f"ks_{name}",
+        PUI_METRICS_PORT="0",
+        PUI_LOG_INTERVAL="0",
+        PYTHONPATH=str(ROOT),
+    )
+    env.update(extra)
+    return env
+
+
+# --- ceilings -------------------------------------------------------------------------------
+
+
+def kafka_ceiling(settings: config.Settings, expected: int) -> float:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_brokers,
+            "group.id": f"{settings.group_id}-ceiling",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "fetch.max.bytes": 50 * 1024 * 1024,
+        }
+    )
+    consumer.assign([TopicPartition(settings.input_topic, p, 0) for p in range(PARTITIONS)])
+    got = 0
+    start = time.perf_counter()
+    while got < expected:
+        got += sum(1 for m in consumer.consume(5000, 1.0) if not m.error())
+    secs = time.perf_counter() - start
+    consumer.close()
+    return expected / secs
+
+
+def flattened_rows(events: list[bytes]) -> list[tuple]:
+    rust = engine_function("rust")
+    rows = []
+    for i in range(0, len(events), 1000):
+        for kind, row, ts, _invalid in rust(events[i : i + 1000], 1 << 20, NOT_WRITTEN):
+            if kind == "upsert":
+                rows.append((*row, ts if ts is not None else 0))
+    return rows
+
+
+def sink_ceilings(settings: config.Settings, rows: list[tuple]) -> dict[str, float]:
+    cluster, session = connect(settings, wait=60)
+    ks = settings.cassandra_keyspace
+    session.execute(program_enrollment_ddl(ks, "ceiling"), timeout=60)
+    insert = session.prepare(
+        f"INSERT INTO {ks}.ceiling ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) USING TIMESTAMP ?"
+    )
+    out = {}
+    try:
+        session.execute(f"TRUNCATE {ks}.ceiling", timeout=60)
+        start = time.perf_counter()
+        for ok, result in execute_concurrent_with_args(
+            session, insert, rows, concurrency=128, raise_on_first_error=False
+        ):
+            if not ok:
+                raise RuntimeError(f"ceiling insert failed: {result}")
+        out["single-row inserts"] = len(rows) / (time.perf_counter() - start)
+
+        session.execute(f"TRUNCATE {ks}.ceiling", timeout=60)
+        by_program = defaultdict(list)
+        for row in rows:
+            by_program[row[0]].append(row)
+        batches = []
+        for group in by_program.values():
+            for i in range(0, len(group), MAX_BATCH_ROWS):
+                batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+                for row in group[i : i + MAX_BATCH_ROWS]:
+                    batch.add(insert, row)
+                batches.append((batch, ()))
+        start = time.perf_counter()
+        for ok, result in execute_concurrent(
+            session, batches, concurrency=64, raise_on_first_error=False
+        ):
+            if not ok:
+                raise RuntimeError(f"ceiling batch failed: {result}")
+        out[f"unlogged batches of {MAX_BATCH_ROWS} per partition"] = len(rows) / (
+            time.perf_counter() - start
+        )
+        session.execute(f"DROP TABLE {ks}.ceiling", timeout=60)
+    finally:
+        cluster.shutdown()
+    return out
+
+
+# --- the dataflow -------------------------------------------------------------------------
+
+
+def count_rows(settings: config.Settings, table: str, programs: list[str]) -> int:
+    cluster, session = connect(settings, wait=60)
+    try:
+        query = session.prepare(
+            f"SELECT COUNT(*) FROM {settings.cassandra_keyspace}.{table} WHERE program_id = ?"
+        )
+        return sum(session.execute(query, (p,), timeout=60).one()[0] for p in programs)
+    finally:
+        cluster.shutdown()
+
+
+def run_dataflow(env: dict[str, str], processes: int, recovery: Path) -> dict:
+    """Start the job as ``processes`` Bytewax processes and wait until they all exit."""
+    recovery.mkdir(parents=True)
+    subprocess.run(
+        [sys.executable, "-m", "bytewax.recovery", str(recovery), str(PARTITIONS)],
+        check=True,
+        env=env,
+        cwd=ROOT,
+    )
+    args = ["-r", str(recovery), "-s", "10", "-b", "60"]
+    if processes > 1:
+        ports = [free_port() for _ in range(processes)]
+        args += ["-a", ";".join(f"127.0.0.1:{p}" for p in ports)]
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bytewax.run", "dataflow:flow", *args]
+            + (["-i", str(i)] if processes > 1 else []),
+            env=env,
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(processes)
+    ]
+    cpu = 0.0
+    peak = 0
+    for proc in procs:
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        stderr = proc.stderr.read()
+        if proc.returncode != 0:
+            raise RuntimeError(f"dataflow exited {proc.returncode}:\n{stderr[-3000:]}")
+        cpu += usage.ru_utime + usage.ru_stime
+        peak = max(peak, usage.ru_maxrss)
+    return {"seconds": time.perf_counter() - start, "cpu_seconds": cpu, "peak_rss_mib": peak / 1024}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- latency and soak ---------------------------------------------------------------------
+
+
+class LatencyProbe:
+    """Polls Cassandra for sampled (program, user) keys until each row is readable."""
+
+    def __init__(self, settings: config.Settings, table: str) -> None:
+        self.cluster, self.session = connect(settings, wait=60)
+        self.query = self.session.prepare(
+            f"SELECT user_id FROM {settings.cassandra_keyspace}.{table} "
+            "WHERE program_id = ? AND user_id = ?"
+        )
+        self.pending: dict[tuple[str, str], float] = {}
+        self.latencies: list[float] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def expect(self, key: tuple[str, str], sent: float) -> None:
+        with self.lock:
+            self.pending[key] = sent
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            with self.lock:
+                keys = list(self.pending.items())
+            futures = [(k, s, self.session.execute_async(self.query, k)) for k, s in keys]
+            for key, sent, fut in futures:
+                if fut.result().one() is not None:
+                    now = time.perf_counter()
+                    with self.lock:
+                        self.pending.pop(key, None)
+                    self.latencies.append(now - sent)
+            time.sleep(0.02)
+
+    def wait_empty(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not self.pending:
+                    return 0
+            time.sleep(0.05)
+        return len(self.pending)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.cluster.shutdown()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def lag(settings: config.Settings) -> int:
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka_brokers, "group.id": settings.group_id}
+    )
+    try:
+        parts = [TopicPartition(settings.input_topic, p) for p in range(PARTITIONS)]
+        total = 0
+        for tp in consumer.committed(parts, timeout=10):
+            _low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            total += high - max(tp.offset, 0)
+        return total
+    finally:
+        consumer.close()
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def paced_run(name: str, rate: float, seconds: float, sample_every: int, recovery: Path) -> dict:
+    """Run the job continuously; produce at ``rate`` for ``seconds``; measure latency, and
+    sample RSS and lag every 15 s."""
+    env = job_env(name)
+    settings = config.load(env)
+    bootstrap_cassandra(settings)
+    ensure_topics(settings, PARTITIONS)
+    recovery.mkdir(parents=True)
+    subprocess.run(
+        [sys.executable, "-m", "bytewax.recovery", str(recovery), str(PARTITIONS)],
+        check=True,
+        env=env,
+        cwd=ROOT,
+    )
+    job = subprocess.Popen(
+        [sys.executable, "-m", "bytewax.run", "dataflow:flow"]
+        + ["-r", str(recovery), "-s", "10", "-b", "60"],
+        env=env,
+        cwd=ROOT,
+        stderr=open(recovery.parent / "paced-job.log", "wb"),  # noqa: SIM115
+    )
+    probe = LatencyProbe(settings, settings.cassandra_table)
+    producer = Producer({"bootstrap.servers": settings.kafka_brokers, "linger.ms": 1})
+    samples = []
+    try:
+        time.sleep(8)  # the job connects and assigns partitions before the clock starts
+        count = int(rate * seconds)
+        events = generate(count, programs=PROGRAMS, seed=7)
+        start = time.perf_counter()
+        next_sample = start
+        for i, value in enumerate(events):
+            due = start + i / rate
+            now = time.perf_counter()
+            if due > now:
+                time.sleep(due - now)
+            producer.produce(settings.input_topic, value=value)
+            producer.poll(0)
+            if i % sample_every == 0:
+                event = json.loads(value)
+                probe.expect((event["programId"], event["userId"]), time.perf_counter())
+            if now >= next_sample:
+                samples.append(
+                    {"t": round(now - start), "rss_mib": rss_mib(job.pid), "lag": lag(settings)}
+                )
+                next_sample += 15
+        producer.flush(60)
+        missing = probe.wait_empty(60)
+        samples.append(
+            {
+                "t": round(time.perf_counter() - start),
+                "rss_mib": rss_mib(job.pid),
+                "lag": lag(settings),
+            }
+        )
+    finally:
+        job.send_signal(signal.SIGINT)
+        try:
+            job.wait(30)
+        except subprocess.TimeoutExpired:
+            job.kill()
+        probe.close()
+    # Bytewax exits 1 after an interrupt it was asked to honour.
+    if job.returncode not in (0, 1, -signal.SIGINT, 130):
+        raise RuntimeError(f"the job exited {job.returncode}; see {recovery.parent}/paced-job.log")
+    lat = probe.latencies
+    return {
+        "rate": rate,
+        "seconds": seconds,
+        "samples": len(lat),
+        "missing": missing,
+        "p50_ms": percentile(lat, 0.5) * 1000 if lat else None,
+        "p99_ms": percentile(lat, 0.99) * 1000 if lat else None,
+        "trace": samples,
+    }
+
+
+# --- main --------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {platform.platform()}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--configs", default="rust-1,rust-2,python-1")
+    parser.add_argument("--latency-seconds", type=float, default=30)
+    parser.add_argument("--soak-minutes", type=float, default=0)
+    args = parser.parse_args()
+
+    name = f"bench{int(time.time())}"
+    work = Path(tempfile.mkdtemp(prefix="pui-e2e-"))
+    env = job_env(name)
+    settings = config.load(env)
+    bootstrap_cassandra(settings)
+    ensure_topics(settings, PARTITIONS)
+    results: dict = {"machine": machine(), "events": args.events, "runs": {}}
+
+    say(f"producing {args.events:,} events to {settings.input_topic}")
+    events = generate(args.events, programs=PROGRAMS, seed=11)
+    start = time.perf_counter()
+    publish(settings, settings.input_topic, events, total=len(events), progress=False)
+    results["produce_per_s"] = len(events) / (time.perf_counter() - start)
+    programs = sorted({json.loads(e)["programId"] for e in events[:5000]})
+
+    say("Kafka ceiling")
+    results["kafka_ceiling_per_s"] = kafka_ceiling(settings, len(events))
+    say("sink ceilings")
+    rows = flattened_rows(events)
+    results["sink_ceilings_per_s"] = sink_ceilings(settings, rows)
+    del rows
+
+    for label in args.configs.split(","):
+        engine, processes = label.split("-")
+        table = f"run_{engine}_{processes}"
+        run_env = job_env(
+            name,
+            PUI_FLATTENER=engine,
+            PUI_CASSANDRA_TABLE=table,
+            PUI_GROUP_ID=f"{name}-{table}",
+            PUI_STOP_AT_END="true",
+        )
+        bootstrap_cassandra(config.load(run_env))
+        say(f"dataflow {label}")
+        run = run_dataflow(run_env, int(processes), work / table)
+        landed = count_rows(settings, table, programs)
+        run["rows"] = landed
+        run["events_per_s"] = args.events / run["seconds"]
+        if landed != args.events:
+            raise SystemExit(f"{label}: {landed} rows in Cassandra, expected {args.events}")
+        results["runs"][label] = run
+
+    best = max(r["events_per_s"] for r in results["runs"].values())
+    if args.latency_seconds > 0:
+        say(f"latency at {best / 2:,.0f} events/s for {args.latency_seconds:.0f} s")
+        results["latency"] = paced_run(
+            f"{name}lat", best / 2, args.latency_seconds, 50, work / "latency"
+        )
+    if args.soak_minutes > 0:
+        say(f"soak at {best / 2:,.0f} events/s for {args.soak_minutes:.0f} min")
+        results["soak"] = paced_run(
+            f"{name}soak", best / 2, args.soak_minutes * 60, 500, work / "soak"
+        )
+
+    shutil.rmtree(work, ignore_errors=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "e2e.json").write_text(json.dumps(results, indent=2))
+    report(results)
+    return 0
+
+
+def report(r: dict) -> None:
+    ceiling = max(r["sink_ceilings_per_s"].values())
+    print(f"Machine: {r['machine']}\n\n{r['events']:,} events, {PARTITIONS} partitions\n")
+    print("| what | events/s | CPU s | peak RSS MiB | vs sink ceiling |")
+    print("|---|---|---|---|---|")
+    print(f"| produce (confluent-kafka) | {r['produce_per_s']:,.0f} | | | |")
+    print(f"| Kafka ceiling (one consumer) | {r['kafka_ceiling_per_s']:,.0f} | | | |")
+    for what, rate in r["sink_ceilings_per_s"].items():
+        print(f"| sink ceiling: {what} | {rate:,.0f} | | | {rate / ceiling:.0%} |")
+    for label, run in r["runs"].items():
+        print(
+            f"| dataflow {label} | {run['events_per_s']:,.0f} | {run['cpu_seconds']:.1f} | "
+            f"{run['peak_rss_mib']:.0f} | {run['events_per_s'] / ceiling:.0%} |"
+        )
+    for key in ("latency", "soak"):
+        if key in r and r[key]["samples"]:
+            lat = r[key]
+            print(
+                f"\n{key}: {lat['rate']:,.0f} events/s for {lat['seconds']:.0f} s, "
+                f"{lat['samples']} sampled events, p50 {lat['p50_ms']:.0f} ms, "
+                f"p99 {lat['p99_ms']:.0f} ms, {lat['missing']} never seen"
+            )
+            print("\n| t (s) | dataflow RSS MiB | consumer lag |\n|---|---|---|")
+            for s in lat["trace"]:
+                print(f"| {s['t']} | {s['rss_mib']:.0f} | {s['lag']} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
