@@ -307,9 +307,9 @@ def paced_run(name: str, rate: float, seconds: float, sample_every: int, recover
         env=env,
         cwd=ROOT,
     )
+    command = [sys.executable, "-m", "bytewax.run", "dataflow:flow", "-r", str(recovery)]
     job = subprocess.Popen(
-        [sys.executable, "-m", "bytewax.run", "dataflow:flow"]
-        + ["-r", str(recovery), "-s", "10", "-b", "60"],
+        [*command, "-s", "10", "-b", "60"],
         env=env,
         cwd=ROOT,
         stderr=open(recovery.parent / "paced-job.log", "wb"),  # noqa: SIM115
