@@ -1,0 +1,153 @@
+"""python -m dataflow.exhaust: build the User Detail Reports that program managers request."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import uuid
+
+import psycopg
+
+from dataflow.config import ConfigError
+from dataflow.exhaust import requests, settings
+from dataflow.exhaust.layout import LayoutError
+
+DESCRIPTION = """\
+Builds the consent-aware "User Detail Report" of a program from PostgreSQL job_request rows
+(job_id 'program-user-exhaust'), the Cassandra table the streaming job writes, user consents and
+the Redis user cache; writes <store>/program-user-exhaust/<request_id>_<yyyyMMdd>.zip and records
+the path (or the reason of a failure) on the request row.
+
+commands:
+  run --once           process every pending request, then exit (exit 1 if any failed)
+  run                  keep polling for requests every --poll-interval seconds
+  submit               add a request (prints its request_id)
+  status REQUEST_ID    show a request's row
+  init-db              create the job_request table if it does not exist
+
+configuration (environment): PUI_POSTGRES_DSN, PUI_REDIS_URL (with the DB index), PUI_CASSANDRA_*
+(as for the streaming job), PUI_USER_KEYSPACE, PUI_REPORT_STORE, PUI_DATA_SECURITY_LEVEL,
+PUI_ZIP_ENCRYPTION, PUI_ENCRYPTION_SALT, PUI_EXHAUST_MODEL_CONFIG, PUI_PROCESSING_TIMEOUT,
+PUI_POLL_INTERVAL; see docs/exhaust.md.
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m dataflow.exhaust",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="process requests (once, or polling)")
+    run.add_argument("--once", action="store_true", help="process pending requests and exit")
+    run.add_argument(
+        "--poll-interval", type=float, default=None, help="seconds between polls (default 60)"
+    )
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    submit = sub.add_parser("submit", help="add a request for a program's report")
+    submit.add_argument("--program-id", required=True)
+    submit.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="NAME OP VALUE",
+        help="an extra program_enrollment filter, e.g. \"user_locations['district_id'] = 123\"",
+    )
+    submit.add_argument("--encryption-key", required=True, help="the zip password")
+    submit.add_argument("--requested-by", required=True)
+    submit.add_argument("--request-id", default=None)
+    status = sub.add_parser("status", help="show a request")
+    status.add_argument("request_id")
+    sub.add_parser("init-db", help="create the job_request table")
+    return p
+
+
+def request_data(program_id: str, extra: list[str]) -> dict:
+    table_filters = [{"name": "program_id", "operator": "=", "value": program_id}]
+    for text in extra:
+        parts = text.rsplit(" ", 2) if text.count(" ") >= 2 else []
+        if len(parts) != 3:
+            raise SystemExit(f"--filter {text!r}: write NAME OPERATOR VALUE")
+        table_filters.append({"name": parts[0], "operator": parts[1], "value": parts[2]})
+    return {
+        "type": requests.JOB_ID,
+        "params": {
+            "filters": [
+                {"table_name": "program_enrollment", "table_filters": table_filters},
+                {
+                    "table_name": "user_consent",
+                    "table_filters": [{"name": "object_id", "operator": "=", "value": program_id}],
+                },
+            ]
+        },
+        "title": "User Detail Report",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("cassandra").setLevel(logging.ERROR)
+    try:
+        conf = settings.load()
+    except ConfigError as exc:
+        print(f"program-user-info exhaust: configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "run":
+            from dataflow.exhaust.runner import Worker
+
+            worker = Worker(conf, progress=not args.no_progress and sys.stderr.isatty())
+            try:
+                requests.init_db(worker.postgres())
+                if args.once:
+                    done, failed = worker.run_once()
+                    logging.getLogger("dataflow.exhaust").info(
+                        "done: %d succeeded, %d failed", done, failed
+                    )
+                    return 1 if failed else 0
+                worker.poll(args.poll_interval or conf.poll_interval)
+            finally:
+                worker.close()
+            return 0
+        conn = requests.connect(conf.postgres_dsn, conf.processing_timeout)
+        with conn:
+            requests.init_db(conn)
+            if args.command == "submit":
+                rid = args.request_id or uuid.uuid4().hex
+                requests.submit(
+                    conn,
+                    rid,
+                    request_data(args.program_id, args.filter),
+                    args.encryption_key,
+                    args.requested_by,
+                )
+                print(rid)
+            elif args.command == "status":
+                row = conn.execute(
+                    "SELECT request_id, status, iteration, download_urls, err_message, "
+                    "execution_time FROM job_request WHERE request_id = %s",
+                    (args.request_id,),
+                ).fetchone()
+                if row is None:
+                    print(f"no request {args.request_id}", file=sys.stderr)
+                    return 1
+                print(json.dumps(row, default=str, indent=2))
+        return 0
+    except LayoutError as exc:
+        print(f"program-user-info exhaust: {exc}", file=sys.stderr)
+        return 2
+    except psycopg.OperationalError as exc:
+        print(f"program-user-info exhaust: PostgreSQL: {str(exc).strip()[:300]}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

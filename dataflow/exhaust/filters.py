@@ -1,0 +1,170 @@
+"""The request's filters, parsed into predicates: never pasted into a query (spec exhaust.md §1).
+
+``request_data.params.filters`` lists, per table, ``{name, operator, value}`` triples. Names
+must be columns of that table (or ``user_locations['<key>']``), operators one of
+``= == != > >= < <=``; anything else fails the request with a message naming the filter.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+ENROLMENT_COLUMNS = {
+    "program_id": "text",
+    "user_id": "text",
+    "program_externalid": "text",
+    "program_name": "text",
+    "pii_consent_required": "boolean",
+    "organisation_id": "text",
+    "organisation_name": "text",
+    "user_type": "text",
+    "user_sub_type": "text",
+    "created_at": "date",
+    "updated_at": "date",
+}
+CONSENT_COLUMNS = {
+    "user_id": "text",
+    "consumer_id": "text",
+    "object_id": "text",
+    "consumer_type": "text",
+    "object_type": "text",
+    "status": "text",
+    "id": "text",
+    "consent_data": "text",
+    "created_on": "date",
+    "last_updated_on": "date",
+    "expiry": "date",
+}
+OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
+    "=": operator.eq,
+    "==": operator.eq,
+    "!=": operator.ne,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+}
+DEFAULT_FROM = dt.date(1901, 1, 1)
+DEFAULT_TO = dt.date(2101, 1, 1)
+_LOCATION = re.compile(r"^user_locations\[\s*'([A-Za-z0-9_]{1,64})'\s*\]$")
+
+
+class BadRequest(ValueError):
+    """The request cannot be served as written; the message goes to ``err_message``."""
+
+
+@dataclass(frozen=True)
+class Predicate:
+    column: str  # a column name, or "user_locations" with ``key``
+    op: str
+    value: Any
+    key: str | None = None
+    keep_missing: bool = False
+
+    def test(self, row: dict) -> bool:
+        if self.key is not None:
+            have = (row.get("user_locations") or {}).get(self.key)
+        else:
+            have = row.get(self.column)
+        if isinstance(have, dt.datetime):
+            have = have.date()
+        elif hasattr(have, "date") and not isinstance(have, dt.date):
+            have = have.date()  # cassandra.util.Date
+        if have is None:
+            # A missing value matches only "!=" (it is not equal to anything given).
+            return self.keep_missing or self.op == "!="
+        try:
+            return OPERATORS[self.op](have, self.value)
+        except TypeError:
+            return False
+
+
+@dataclass
+class Request:
+    program_id: str
+    enrolment: list[Predicate] = field(default_factory=list)
+    consent: list[Predicate] = field(default_factory=list)
+    title: str = ""
+
+
+def _date(text: Any, name: str) -> dt.date:
+    if isinstance(text, str):
+        try:
+            return dt.date.fromisoformat(text.strip()[:10])
+        except ValueError:
+            pass
+    raise BadRequest(f"filter {name}: {text!r} is not a date (use yyyy-MM-dd)")
+
+
+def _value(kind: str, raw: Any, name: str) -> Any:
+    if kind == "date":
+        return _date(raw, name)
+    if kind == "boolean":
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
+            return raw.strip().lower() == "true"
+        raise BadRequest(f"filter {name}: {raw!r} is not true or false")
+    if isinstance(raw, str | int | float) and not isinstance(raw, bool):
+        return str(raw)
+    raise BadRequest(f"filter {name}: the value must be text, not {type(raw).__name__}")
+
+
+def _predicate(item: Any, columns: dict[str, str], table: str) -> Predicate:
+    if not isinstance(item, dict):
+        raise BadRequest(f"a filter of {table} is not an object: {str(item)[:80]!r}")
+    name, op, raw = item.get("name"), item.get("operator"), item.get("value")
+    shown = str(name)[:80]
+    if not isinstance(name, str):
+        raise BadRequest(f"a filter of {table} has no column name")
+    if op not in OPERATORS:
+        raise BadRequest(f"filter {shown}: unsupported operator {str(op)[:20]!r}")
+    location = _LOCATION.match(name.strip()) if table == "program_enrollment" else None
+    if location:
+        return Predicate("user_locations", op, _value("text", raw, shown), key=location[1])
+    column = name.strip().lower()
+    if column not in columns:
+        raise BadRequest(f"filter {shown}: {table} has no such column")
+    return Predicate(column, op, _value(columns[column], raw, shown))
+
+
+def parse(request_data: Any) -> Request:
+    """Turn ``request_data`` into a :class:`Request`, or raise :class:`BadRequest`."""
+    if not isinstance(request_data, dict):
+        raise BadRequest("Not a Valid Request")
+    params = request_data.get("params")
+    filters = params.get("filters") if isinstance(params, dict) else None
+    if not isinstance(filters, list):
+        raise BadRequest("request_data.params.filters is missing")
+    enrolment: list[Predicate] = []
+    consent: list[Predicate] = []
+    for group in filters:
+        table = group.get("table_name") if isinstance(group, dict) else None
+        items = group.get("table_filters") if isinstance(group, dict) else None
+        if table == "program_enrollment":
+            target, columns = enrolment, ENROLMENT_COLUMNS
+        elif table == "user_consent":
+            target, columns = consent, CONSENT_COLUMNS
+        else:
+            raise BadRequest(f"filters on an unknown table {str(table)[:60]!r}")
+        if not isinstance(items, list):
+            raise BadRequest(f"the filters of {table} are not a list")
+        target.extend(_predicate(item, columns, table) for item in items)
+    programs = {p.value for p in enrolment if p.column == "program_id" and p.op in ("=", "==")}
+    if len(programs) != 1:
+        raise BadRequest("the request needs exactly one program_id filter with operator =")
+    (program_id,) = programs
+    for p in consent:
+        if p.column == "object_id" and p.op in ("=", "==") and p.value != program_id:
+            raise BadRequest("the user_consent object_id filter differs from the program_id")
+    if not any(p.column in ("updated_at",) for p in enrolment):
+        # Sunbird's default report range; rows without a date are kept (see docs/exhaust.md).
+        enrolment.append(Predicate("updated_at", ">=", DEFAULT_FROM, keep_missing=True))
+        enrolment.append(Predicate("updated_at", "<=", DEFAULT_TO, keep_missing=True))
+    title = request_data.get("title") if isinstance(request_data.get("title"), str) else ""
+    return Request(program_id, enrolment, consent, title)

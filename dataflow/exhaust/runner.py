@@ -1,0 +1,186 @@
+"""One request end to end, and the loops that find requests."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+
+import psycopg
+import redis
+from cassandra import ConsistencyLevel
+from tqdm import tqdm
+
+from dataflow.exhaust import archive, filters, layout, requests, sources
+from dataflow.exhaust.report import IST, Counts, Rows, write_csv
+from dataflow.exhaust.settings import ExhaustSettings
+from dataflow.sink import connect as cassandra_connect
+
+log = logging.getLogger("dataflow.exhaust")
+FOLDER = "program-user-exhaust"
+
+
+class ReportFailed(RuntimeError):
+    """A failure meant for ``err_message``: the text is what the requester reads."""
+
+
+@dataclass
+class Worker:
+    settings: ExhaustSettings
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.layout = layout.load(self.settings.model_config)
+        self.pg: psycopg.Connection | None = None
+        self.cluster = None
+        self.session = None
+        self.cache = redis.Redis.from_url(
+            self.settings.redis_url, socket_timeout=30, socket_connect_timeout=10
+        )
+
+    # --- connections -----------------------------------------------------------------
+
+    def postgres(self) -> psycopg.Connection:
+        if self.pg is None or self.pg.closed or self.pg.broken:
+            self.pg = requests.connect(self.settings.postgres_dsn, self.settings.processing_timeout)
+        return self.pg
+
+    def cassandra(self):
+        if self.session is None:
+            self.cluster, self.session = cassandra_connect(self.settings.cassandra, wait=60)
+            sources.add_tuple_profile(
+                self.cluster,
+                ConsistencyLevel.name_to_value[self.settings.cassandra.cassandra_consistency],
+            )
+        return self.session
+
+    def close(self) -> None:
+        if self.cluster is not None:
+            self.cluster.shutdown()
+        if self.pg is not None:
+            self.pg.close()
+        self.cache.close()
+
+    # --- work --------------------------------------------------------------------------
+
+    def run_once(self) -> tuple[int, int]:
+        """Process pending requests until none is left; returns (succeeded, failed)."""
+        done = failed = 0
+        attempted: set[str] = set()
+        while True:
+            claim = requests.claim(self.postgres(), attempted)
+            if claim is None:
+                return done, failed
+            attempted.update(claim.all_ids)
+            if self.process(claim):
+                done += 1
+            else:
+                failed += 1
+
+    def process(self, claim: requests.Claim) -> bool:
+        start = time.monotonic()
+        twins = f" (+{len(claim.duplicates)} identical)" if claim.duplicates else ""
+        log.info("request %s%s: attempt %d", claim.request_id, twins, claim.iteration)
+        conn = self.postgres()
+        try:
+            path, counts = self.build(claim)
+        except (ReportFailed, filters.BadRequest) as exc:
+            millis = int((time.monotonic() - start) * 1000)
+            requests.fail(conn, claim, str(exc), millis)
+            log.warning("request %s: FAILED: %s", claim.request_id, exc)
+            requests.release(conn, claim)
+            return False
+        millis = int((time.monotonic() - start) * 1000)
+        requests.succeed(conn, claim, str(path), millis)
+        requests.release(conn, claim)
+        log.info(
+            "request %s: SUCCESS in %.1f s: %d rows, %d needing consent, %d consenting, "
+            "%d not in the user cache, %d undecryptable values -> %s",
+            claim.request_id,
+            millis / 1000,
+            counts.rows,
+            counts.needing_consent,
+            counts.consenting,
+            counts.missing_in_cache,
+            counts.undecryptable,
+            path,
+        )
+        return True
+
+    def build(self, claim: requests.Claim):
+        if claim.request_data is None or claim.encryption_key is None:
+            raise ReportFailed("Not a Valid Request")
+        request = filters.parse(claim.request_data)
+        s = self.settings
+        try:
+            session = self.cassandra()
+            rows = Rows(self.layout)
+            for row in sources.enrolments(
+                session,
+                s.cassandra.cassandra_keyspace,
+                s.cassandra.cassandra_table,
+                request.program_id,
+            ):
+                if all(p.test(row) for p in request.enrolment):
+                    rows.add(row)
+            if not len(rows):
+                raise ReportFailed("No Data Found")
+            counts = Counts(needing_consent=0)
+            needing = rows.needing_consent()
+            counts.needing_consent = len(needing)
+            consents = sources.consents(
+                session, s.user_keyspace, request.program_id, needing, request.consent
+            )
+            active = [
+                uid for uid, c in consents.items() if (c.get("status") or "").lower() == "active"
+            ]
+            pii = sources.pii(self.cache, active)
+        except ReportFailed:
+            raise
+        except redis.RedisError as exc:
+            raise ReportFailed(
+                f"the user cache (Redis) is unavailable: {type(exc).__name__}"
+            ) from None
+        except Exception as exc:  # any driver error becomes one clear line
+            log.debug("request %s failed", claim.request_id, exc_info=True)
+            raise ReportFailed(
+                f"reading the report data failed: {type(exc).__name__}: {str(exc)[:200]}"
+            ) from None
+        folder = s.report_store / FOLDER
+        folder.mkdir(parents=True, exist_ok=True)
+        day = dt.datetime.now(IST).strftime("%Y%m%d")
+        csv_path = folder / f"{claim.request_id}_{day}.csv"
+        bar = tqdm(
+            total=len(rows),
+            unit="row",
+            desc=claim.request_id,
+            disable=not self.progress,
+            mininterval=1,
+        )
+        last = [0]
+
+        def progress(n: int) -> None:
+            bar.update(n - last[0])
+            last[0] = n
+
+        try:
+            write_csv(csv_path, rows, consents, pii, s.salt, counts, progress)
+            bar.update(len(rows) - last[0])
+            bar.close()
+            path = archive.pack(csv_path, s.security_level, claim.encryption_key, s.zip_encryption)
+        except (OSError, archive.ArchiveError) as exc:
+            raise ReportFailed(f"writing the report failed: {exc}") from None
+        # Identical requests share this one file: succeed() gives them all its path.
+        return path, counts
+
+    def poll(self, interval: float, stop=lambda: False) -> None:
+        while not stop():
+            try:
+                done, failed = self.run_once()
+                if done or failed:
+                    log.info("processed %d request(s), %d failed", done + failed, failed)
+            except psycopg.OperationalError as exc:
+                log.warning("PostgreSQL unavailable (%s); retrying in %.0fs", exc, interval)
+                self.pg = None
+            time.sleep(interval)

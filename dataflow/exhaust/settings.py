@@ -1,0 +1,85 @@
+"""Exhaust configuration from environment variables (Cassandra settings shared with the
+streaming job: ``PUI_CASSANDRA_*``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from dataflow import config
+from dataflow.config import ConfigError
+from dataflow.exhaust.archive import ENCRYPTIONS, LEVELS, PROTECTED
+from dataflow.schema import check_identifier
+
+ENV_VARS = (
+    "PUI_POSTGRES_DSN",
+    "PUI_REDIS_URL",
+    "PUI_USER_KEYSPACE",
+    "PUI_REPORT_STORE",
+    "PUI_DATA_SECURITY_LEVEL",
+    "PUI_ZIP_ENCRYPTION",
+    "PUI_ENCRYPTION_SALT",
+    "PUI_EXHAUST_MODEL_CONFIG",
+    "PUI_PROCESSING_TIMEOUT",
+    "PUI_POLL_INTERVAL",
+)
+SECRETS = ("PUI_ENCRYPTION_SALT",)
+
+
+@dataclass(frozen=True)
+class ExhaustSettings:
+    cassandra: config.Settings
+    postgres_dsn: str = "postgresql://postgres@127.0.0.1:5432/pui"
+    redis_url: str = "redis://127.0.0.1:6379/12"
+    user_keyspace: str = "sunbird"
+    report_store: Path = Path("var/reports")
+    security_level: str = PROTECTED
+    zip_encryption: str = "aes256"
+    salt: str = ""
+    model_config: str | None = None
+    processing_timeout: int = 600
+    poll_interval: float = 60.0
+
+
+def _number(env: Mapping[str, str], name: str, default: str, low: float, high: float) -> float:
+    raw = env.get(name) or default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, not {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low:g} and {high:g}, not {raw}")
+    return value
+
+
+def load(environ: Mapping[str, str] | None = None) -> ExhaustSettings:
+    env = dict(os.environ if environ is None else environ)
+    level = (env.get("PUI_DATA_SECURITY_LEVEL") or PROTECTED).strip().upper()
+    if level not in LEVELS:
+        raise ConfigError(f"PUI_DATA_SECURITY_LEVEL must be one of {', '.join(LEVELS)}")
+    encryption = (env.get("PUI_ZIP_ENCRYPTION") or "aes256").strip().lower()
+    if encryption not in ENCRYPTIONS:
+        raise ConfigError(f"PUI_ZIP_ENCRYPTION must be one of {', '.join(ENCRYPTIONS)}")
+    redis_url = env.get("PUI_REDIS_URL") or ExhaustSettings.redis_url
+    if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("PUI_REDIS_URL must be a redis:// URL (with the DB index, e.g. /12)")
+    keyspace = env.get("PUI_USER_KEYSPACE") or "sunbird"
+    try:
+        check_identifier(keyspace, "PUI_USER_KEYSPACE")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return ExhaustSettings(
+        cassandra=config.load(env),
+        postgres_dsn=env.get("PUI_POSTGRES_DSN") or ExhaustSettings.postgres_dsn,
+        redis_url=redis_url,
+        user_keyspace=keyspace,
+        report_store=Path(env.get("PUI_REPORT_STORE") or "var/reports"),
+        security_level=level,
+        zip_encryption=encryption,
+        salt=env.get("PUI_ENCRYPTION_SALT", ""),
+        model_config=env.get("PUI_EXHAUST_MODEL_CONFIG") or None,
+        processing_timeout=int(_number(env, "PUI_PROCESSING_TIMEOUT", "600", 10, 86400)),
+        poll_interval=_number(env, "PUI_POLL_INTERVAL", "60", 0.1, 86400),
+    )

@@ -1,0 +1,133 @@
+"""Reads for one report: the program's partition, its users' consents, consenting users' PII.
+
+Each read touches only what the report needs (spec exhaust.md §2): one Cassandra partition,
+paged; the consent partitions of that program's users, concurrently; Redis hashes of the
+consenting users only, pipelined.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Iterator
+
+from cassandra.cluster import ExecutionProfile
+from cassandra.concurrent import execute_concurrent_with_args
+from cassandra.query import tuple_factory
+
+from dataflow.exhaust.filters import Predicate
+from dataflow.schema import check_identifier
+
+ENROLMENT_SELECT = (
+    "program_id, user_id, program_externalid, program_name, pii_consent_required, "
+    "user_locations, organisation_id, organisation_name, user_type, user_sub_type, "
+    "created_at, updated_at"
+)
+ENROLMENT_FIELDS = tuple(c.strip() for c in ENROLMENT_SELECT.split(","))
+CONSENT_FIELDS = (
+    "user_id",
+    "consumer_id",
+    "object_id",
+    "consumer_type",
+    "object_type",
+    "status",
+    "id",
+    "created_on",
+    "last_updated_on",
+    "expiry",
+)
+PII_FIELDS = ("firstname", "lastname", "email", "phone")
+TUPLES = "pui-exhaust-tuples"
+PAGE = 5000
+CONCURRENCY = 96
+REDIS_CHUNK = 1000
+
+
+def enrolments(session, keyspace: str, table: str, program_id: str) -> Iterator[dict]:
+    """Every row of the program's partition, page by page."""
+    check_identifier(keyspace, "PUI_CASSANDRA_KEYSPACE")
+    check_identifier(table, "PUI_CASSANDRA_TABLE")
+    stmt = session.prepare(
+        f"SELECT {ENROLMENT_SELECT} FROM {keyspace}.{table} WHERE program_id = ?"
+    )
+    stmt.fetch_size = PAGE
+    for row in session.execute(stmt, (program_id,), timeout=120, execution_profile=TUPLES):
+        yield dict(zip(ENROLMENT_FIELDS, row, strict=True))
+
+
+def _when(value) -> dt.datetime:
+    return value if isinstance(value, dt.datetime) else dt.datetime.min
+
+
+def consents(
+    session,
+    user_keyspace: str,
+    program_id: str,
+    user_ids: Iterable[str],
+    predicates: list[Predicate],
+) -> dict[str, dict]:
+    """user_id -> the consent row for this program (the most recently updated one)."""
+    check_identifier(user_keyspace, "PUI_USER_KEYSPACE")
+    stmt = session.prepare(
+        f"SELECT {', '.join(CONSENT_FIELDS)} FROM {user_keyspace}.user_consent WHERE user_id = ?"
+    )
+    stmt.fetch_size = PAGE
+    found: dict[str, dict] = {}
+    batch: list[tuple[str]] = []
+
+    def run(args: list[tuple[str]]) -> None:
+        results = execute_concurrent_with_args(
+            session,
+            stmt,
+            args,
+            concurrency=CONCURRENCY,
+            results_generator=True,
+            execution_profile=TUPLES,
+        )
+        for ok, result in results:
+            if not ok:
+                raise result
+            for row in result:
+                consent = dict(zip(CONSENT_FIELDS, row, strict=True))
+                if consent["object_id"] != program_id:
+                    continue
+                if not all(p.test(consent) for p in predicates):
+                    continue
+                uid = consent["user_id"]
+                prev = found.get(uid)
+                if prev is None or _when(consent["last_updated_on"]) > _when(
+                    prev["last_updated_on"]
+                ):
+                    found[uid] = consent
+
+    for uid in user_ids:
+        batch.append((uid,))
+        if len(batch) == 10_000:
+            run(batch)
+            batch = []
+    if batch:
+        run(batch)
+    return found
+
+
+def pii(client, user_ids: list[str]) -> dict[str, tuple]:
+    """user_id -> (firstname, lastname, email, phone) as stored (email and phone encrypted);
+    users missing from the cache are absent."""
+    out: dict[str, tuple] = {}
+    for i in range(0, len(user_ids), REDIS_CHUNK):
+        chunk = user_ids[i : i + REDIS_CHUNK]
+        pipe = client.pipeline(transaction=False)
+        for uid in chunk:
+            pipe.hmget(f"user:{uid}", *PII_FIELDS)
+        for uid, values in zip(chunk, pipe.execute(), strict=True):
+            if any(v is not None for v in values):
+                out[uid] = tuple(
+                    v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in values
+                )
+    return out
+
+
+def add_tuple_profile(cluster, consistency: int) -> None:
+    """Rows as plain tuples: a report reads up to millions of them."""
+    cluster.add_execution_profile(
+        TUPLES, ExecutionProfile(row_factory=tuple_factory, consistency_level=consistency)
+    )
