@@ -30,6 +30,11 @@ WRITE_SECONDS = Histogram(
     "Wall time to write one batch to Cassandra (acknowledged)",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+EVENT_AGE = Histogram(
+    "pui_event_age_seconds",
+    "From an event's Kafka timestamp (produce time) to its write acknowledged by Cassandra",
+    buckets=(0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+)
 LAG = Gauge("pui_consumer_lag", "Messages behind the partition high watermark", ["partition"])
 
 _started = threading.Lock()

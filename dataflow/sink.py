@@ -14,7 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from cassandra import ConsistencyLevel, InvalidRequest
+from cassandra import AuthenticationFailed, ConsistencyLevel, InvalidRequest
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import (
     EXEC_PROFILE_DEFAULT,
@@ -70,6 +70,12 @@ def connect(settings: Settings, *, wait: float | None = None) -> tuple[Cluster, 
             return cluster, cluster.connect()
         except NoHostAvailable as exc:
             cluster.shutdown()
+            if any(isinstance(e, AuthenticationFailed) for e in exc.errors.values()):
+                # Waiting does not fix a wrong password: say so now, naming the settings.
+                raise ConnectionError(
+                    "Cassandra rejected the credentials: check PUI_CASSANDRA_USERNAME "
+                    f"({settings.cassandra_username or 'not set'}) and PUI_CASSANDRA_PASSWORD"
+                ) from None
             attempt += 1
             if deadline is not None and time.monotonic() >= deadline:
                 raise ConnectionError(
@@ -173,6 +179,11 @@ class _CassandraSinkPartition(StatelessSinkPartition):
             started = time.perf_counter()
             self._write_all(writes)
             metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
+            acked_ms = time.time() * 1000
+            for fb in items:
+                for stamp in fb.source.timestamps:
+                    if stamp != NO_TIMESTAMP:
+                        metrics.EVENT_AGE.observe(max(acked_ms - stamp, 0) / 1000)
         if rejected:
             self._failed.flush()
         self._commit(items)
