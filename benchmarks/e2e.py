@@ -14,8 +14,8 @@ Needs the local stack (`scripts/services up`). In order, on one fresh topic of 4
    Cassandra, per configuration (engine, number of Bytewax processes): events/s, CPU seconds
    and peak RSS of the dataflow processes;
 5. latency: the job running, events produced at half the best measured rate; p50/p99 of
-   produce → write acknowledged by Cassandra, from the job's `pui_event_age_seconds`; with ``--soak-minutes`` the same for that long while
-   RSS and consumer lag are sampled.
+   produce → write acknowledged by Cassandra, from the job's `pui_event_age_seconds`; with
+   ``--soak-minutes`` the same for that long while RSS and consumer lag are sampled.
 
 Prints Markdown tables and writes the figures to ``benchmarks/results/e2e.json`` (read by
 ``benchmarks/plot.py``).
