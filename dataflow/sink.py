@@ -255,12 +255,20 @@ class _CassandraSinkPartition(StatelessSinkPartition):
                 for w in group:
                     batch.add(w.stmt, w.params)
                 statements.append((batch, None))
-        results = execute_concurrent(
-            self._session,
-            statements,
-            concurrency=self._settings.cassandra_concurrency,
-            raise_on_first_error=False,
-        )
+        try:
+            results = execute_concurrent(
+                self._session,
+                statements,
+                concurrency=self._settings.cassandra_concurrency,
+                raise_on_first_error=False,
+            )
+        except Exception as exc:
+            # With no host up the driver raises while submitting (NoHostAvailable) instead of
+            # failing each future. Such a failure of the whole call says nothing about any one
+            # row, so it is always retried, never turned into rejections.
+            if is_permanent(exc):
+                exc = ConnectionError(f"{type(exc).__name__}: {exc}")
+            results = [(False, exc)] * len(groups)
         return zip(groups, results, strict=True)
 
     def _commit(self, items: list[FlatBatch]) -> None:
