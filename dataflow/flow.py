@@ -42,8 +42,10 @@ def configure_logging(level: str) -> None:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     else:
         root.setLevel(level)
-    # The driver logs every reconnect attempt at WARNING; our own retry log says it once.
-    logging.getLogger("cassandra").setLevel(max(logging.getLevelName(level), logging.ERROR))
+    # The driver logs every reconnect attempt, with stack traces; our own log says what
+    # happened once, in one line. Its own logs only show when debugging.
+    driver_level = logging.DEBUG if level == "DEBUG" else logging.CRITICAL
+    logging.getLogger("cassandra").setLevel(driver_level)
 
 
 def check_ready(settings: config.Settings) -> None:

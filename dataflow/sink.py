@@ -26,7 +26,7 @@ from cassandra.cluster import (
 from cassandra.concurrent import execute_concurrent
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from dataflow import metrics
 from dataflow.config import Settings
@@ -141,6 +141,7 @@ class _CassandraSinkPartition(StatelessSinkPartition):
             stmt.is_idempotent = True
         self._consistency = consistency
         self._failed = FailedTopicPublisher(settings)
+        self._committed: dict[tuple[str, int], int] = {}
         self._committer = Consumer(
             {
                 "bootstrap.servers": settings.kafka_brokers,
@@ -279,6 +280,7 @@ class _CassandraSinkPartition(StatelessSinkPartition):
                 key = (fb.source.topic, fb.source.partition)
                 last[key] = max(last.get(key, -1), fb.source.offsets[-1])
         if last:
+            self._committed.update(last)
             self._committer.commit(
                 offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()],
                 asynchronous=True,
@@ -287,6 +289,15 @@ class _CassandraSinkPartition(StatelessSinkPartition):
     def close(self) -> None:
         log.info("final counters %s", metrics.log_line())
         self._failed.flush()
+        if self._committed:
+            # Asynchronous commits may have been lost (a broker restart); the last word is sync.
+            try:
+                self._committer.commit(
+                    offsets=[TopicPartition(t, p, o + 1) for (t, p), o in self._committed.items()],
+                    asynchronous=False,
+                )
+            except KafkaException as exc:
+                log.warning("could not commit the final offsets: %s", exc.args[0])
         self._committer.close()
         self._cluster.shutdown()
 

@@ -198,6 +198,8 @@ class Kafka(Service):
 
 
 class Cassandra(Service):
+    storage_port = 7000
+
     @property
     def auth(self) -> bool:
         return os.environ.get("PUI_CASSANDRA_AUTH", "") in ("1", "true", "yes")
@@ -216,6 +218,12 @@ class Cassandra(Service):
             (ROOT / "services/cassandra/cassandra.yaml")
             .read_text()
             .replace("@AUTHENTICATOR@", authenticator)
+            .replace("native_transport_port: 9042", f"native_transport_port: {self.port}")
+            .replace("storage_port: 7000", f"storage_port: {self.storage_port}")
+            .replace("ssl_storage_port: 7001", f"ssl_storage_port: {self.storage_port + 1}")
+            # A node of its own cluster: it must not gossip with the other local node.
+            .replace('"127.0.0.1:7000"', f'"127.0.0.1:{self.storage_port}"')
+            .replace("cluster_name: 'program-user-info local'", f"cluster_name: '{self.name}'")
         )
         cp = jars("cassandra")
         jamm = next((VAR / "lib/cassandra").glob("jamm-*.jar"))
@@ -263,6 +271,21 @@ class Cassandra(Service):
 
     def stop_grace(self) -> float:
         return 60.0
+
+
+class CassandraAuth(Cassandra):
+    """A second node with PasswordAuthenticator (user cassandra/cassandra) on its own ports and
+    data, for the credential tests; it runs beside the main node, so nothing restarts."""
+
+    storage_port = 7010
+
+    @property
+    def auth(self) -> bool:
+        return True
+
+    @property
+    def data(self) -> Path:
+        return self.dir / "data"
 
 
 class Redis(Service):
@@ -391,7 +414,10 @@ SERVICES: dict[str, Service] = {
     "cassandra": Cassandra("cassandra", 9042, JVM_TIMEOUT),
     "redis": Redis("redis", 6379, 30),
     "postgres": Postgres("postgres", 5432, 60),
+    "cassandra-auth": CassandraAuth("cassandra-auth", 9043, JVM_TIMEOUT),
 }
+# Started only when named: `scripts/services up cassandra-auth`.
+OPTIONAL = {"cassandra-auth"}
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -503,7 +529,11 @@ def main() -> int:
     unknown = set(args.names) - set(SERVICES)
     if unknown:
         parser.error(f"unknown service(s): {', '.join(sorted(unknown))}")
-    names = [n for n in SERVICES if n in args.names] if args.names else list(SERVICES)
+    names = (
+        [n for n in SERVICES if n in args.names]
+        if args.names
+        else [n for n in SERVICES if n not in OPTIONAL or SERVICES[n].pid()]
+    )
     if args.command != "status" and not JAVA.exists() and {"kafka", "cassandra"} & set(names):
         log(f"OpenJDK 17 not found at {JAVA}: run scripts/install")
         return 1

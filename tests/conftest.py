@@ -52,8 +52,15 @@ def kafka_brokers() -> str:
 def cassandra_session():
     _require("Cassandra", CASSANDRA)
     from cassandra.cluster import Cluster
+    from cassandra.policies import ConstantReconnectionPolicy
 
-    cluster = Cluster([CASSANDRA[0]], port=CASSANDRA[1], protocol_version=5)
+    # Some tests restart Cassandra: reconnect within a second, not after exponential backoff.
+    cluster = Cluster(
+        [CASSANDRA[0]],
+        port=CASSANDRA[1],
+        protocol_version=5,
+        reconnection_policy=ConstantReconnectionPolicy(1.0),
+    )
     session = cluster.connect()
     yield session
     cluster.shutdown()

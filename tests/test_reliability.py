@@ -239,38 +239,30 @@ def test_ten_percent_poison_pills(source, cassandra_session, kafka_brokers):
     assert_same_table(cassandra_session, settings, clean)
 
 
-def test_cassandra_credentials_come_from_the_environment_and_never_show(
-    source, cassandra_session, tmp_path
-):
-    secret = f"S3cret-{int(time.time())}-pw"
-    services("down", "cassandra")
-    try:
-        auth = subprocess.run(
-            [SERVICES, "up", "cassandra"],
-            env={**os.environ, "PUI_CASSANDRA_AUTH": "1"},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert auth.returncode == 0, auth.stdout + auth.stderr
-        from cassandra.auth import PlainTextAuthProvider
-        from cassandra.cluster import Cluster
+def test_cassandra_credentials_come_from_the_environment_and_never_show(source):
+    """Against a second node with PasswordAuthenticator (`scripts/services up cassandra-auth`,
+    port 9043), so the main node keeps running for everything else."""
+    from cassandra.auth import PlainTextAuthProvider
+    from cassandra.cluster import Cluster
 
+    secret = f"S3cret-{int(time.time())}-pw"
+    services("up", "cassandra-auth")
+    try:
         admin = Cluster(
             ["127.0.0.1"],
+            port=9043,
             protocol_version=5,
             auth_provider=PlainTextAuthProvider("cassandra", "cassandra"),
         )
         session = admin.connect()
-        session.execute(
-            f"CREATE ROLE IF NOT EXISTS pui_job WITH PASSWORD = '{secret}' AND LOGIN = true"
-        )
-        session.execute("ALTER ROLE pui_job WITH SUPERUSER = true")
+        session.execute("CREATE ROLE IF NOT EXISTS pui_job WITH LOGIN = true")
+        # The node's data outlives a run: set this run's password whatever exists.
+        session.execute(f"ALTER ROLE pui_job WITH PASSWORD = '{secret}' AND SUPERUSER = true")
         admin.shutdown()
 
-        name = f"{source['name']}auth"
         env = job_env(
-            name,
+            f"{source['name']}auth",
+            PUI_CASSANDRA_PORT="9043",
             PUI_CASSANDRA_USERNAME="pui_job",
             PUI_CASSANDRA_PASSWORD=secret,
             PUI_LOG_LEVEL="DEBUG",
@@ -278,28 +270,27 @@ def test_cassandra_credentials_come_from_the_environment_and_never_show(
         settings = bootstrap(env, PARTITIONS)
         produce(settings, spread(source["values"][:500]))
         err = run_job(env).stderr
-        assert final_counters(err)["upserted"] + final_counters(err)["deleted"] == 500
+        counters = final_counters(err)
+        assert counters["upserted"] + counters["deleted"] == 500
         described = subprocess.run(
             [sys.executable, "-m", "dataflow.config"], env=env, capture_output=True, text=True
         )
         wrong = subprocess.run(
             [sys.executable, "-m", "bytewax.run", "dataflow:flow"],
-            env={**env, "PUI_CASSANDRA_PASSWORD": secret + "x"},
+            env={**env, "PUI_CASSANDRA_PASSWORD": secret + "x", "PUI_LOG_LEVEL": "INFO"},
             cwd=ROOT,
             capture_output=True,
             text=True,
             timeout=120,
         )
     finally:
-        services("down", "cassandra")
-        services("up", "cassandra")
+        services("down", "cassandra-auth")
     for output in (err, described.stdout + described.stderr, wrong.stdout + wrong.stderr):
         assert secret not in output
+    assert "***" in described.stdout + described.stderr  # masked, not omitted
     assert wrong.returncode != 0
     assert "Traceback" not in wrong.stderr
-    assert "Cassandra" in wrong.stderr
-    # The session fixture reconnects to the restarted node.
-    assert cassandra_session.execute("SELECT release_version FROM system.local").one()
+    assert "PUI_CASSANDRA_PASSWORD" in wrong.stderr
 
 
 def test_pills_keep_json_lines_valid():
@@ -307,7 +298,7 @@ def test_pills_keep_json_lines_valid():
     good = generate(60, seed=1)
     for pill, reason in poison_pills(good, random.Random(1)):
         if reason == "malformed_json":
-            with pytest.raises(ValueError):
+            with pytest.raises((ValueError, RecursionError)):
                 json.loads(pill)
         elif reason == "too_large":
             assert len(pill) > 1024 * 1024
