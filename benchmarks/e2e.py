@@ -401,6 +401,13 @@ def main() -> int:
     parser.add_argument("--latency-seconds", type=float, default=30)
     parser.add_argument("--soak-minutes", type=float, default=0)
     parser.add_argument("--no-ceilings", action="store_true", help="skip the ceiling runs")
+    parser.add_argument(
+        "--job-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an extra setting for the dataflow runs, e.g. PUI_BATCH_SIZE=5000",
+    )
     args = parser.parse_args()
 
     name = f"bench{int(time.time())}"
@@ -431,6 +438,7 @@ def main() -> int:
         table = f"run_{engine}_{processes}"
         run_env = job_env(
             name,
+            **dict(item.split("=", 1) for item in args.job_env),
             PUI_FLATTENER=engine,
             PUI_CASSANDRA_TABLE=table,
             PUI_GROUP_ID=f"{name}-{table}",
