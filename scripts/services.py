@@ -199,6 +199,7 @@ class Kafka(Service):
 
 class Cassandra(Service):
     storage_port = 7000
+    cluster_name = "program-user-info local"
 
     @property
     def auth(self) -> bool:
@@ -223,7 +224,7 @@ class Cassandra(Service):
             .replace("ssl_storage_port: 7001", f"ssl_storage_port: {self.storage_port + 1}")
             # A node of its own cluster: it must not gossip with the other local node.
             .replace('"127.0.0.1:7000"', f'"127.0.0.1:{self.storage_port}"')
-            .replace("cluster_name: 'program-user-info local'", f"cluster_name: '{self.name}'")
+            .replace("cluster_name: 'program-user-info local'", f"cluster_name: '{self.cluster_name}'")
         )
         cp = jars("cassandra")
         jamm = next((VAR / "lib/cassandra").glob("jamm-*.jar"))
@@ -278,6 +279,7 @@ class CassandraAuth(Cassandra):
     data, for the credential tests; it runs beside the main node, so nothing restarts."""
 
     storage_port = 7010
+    cluster_name = "program-user-info auth"
 
     @property
     def auth(self) -> bool:
