@@ -224,7 +224,9 @@ class Cassandra(Service):
             .replace("ssl_storage_port: 7001", f"ssl_storage_port: {self.storage_port + 1}")
             # A node of its own cluster: it must not gossip with the other local node.
             .replace('"127.0.0.1:7000"', f'"127.0.0.1:{self.storage_port}"')
-            .replace("cluster_name: 'program-user-info local'", f"cluster_name: '{self.cluster_name}'")
+            .replace(
+                "cluster_name: 'program-user-info local'", f"cluster_name: '{self.cluster_name}'"
+            )
         )
         cp = jars("cassandra")
         jamm = next((VAR / "lib/cassandra").glob("jamm-*.jar"))
