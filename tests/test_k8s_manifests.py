@@ -1,22 +1,32 @@
-"""The Kubernetes manifests render, validate against the Kubernetes 1.30 schemas offline, and
-agree with the code: variable names, ports, process counts, paths, metric names, image.
+"""The Kubernetes deployment (k8s/) renders, validates offline against the Kubernetes 1.30
+schemas, and agrees with the code: setting names, ports, process counts, paths, secrets, metric
+names, the image and its entrypoint. No cluster needed; a few seconds.
 
-No kustomize binary is available here, so ``render`` applies the few Kustomize features the
-overlays use (resources, namespace, labels, images, replicas, strategic-merge patches that
-merge lists of named items) and fails on anything else, so an overlay cannot silently use a
-feature this check does not understand.
+Rendering uses ``kubectl kustomize`` when kubectl is installed, else ``render_minimal``: a small
+renderer of exactly the Kustomize features the overlays use (resources, namespace, labels, images,
+replicas, strategic-merge patches of maps and of lists of named items, replacements of a plain
+field path into ``[name=...]``-selected list items). It refuses any other feature, and when kubectl
+is present a test checks that both renderers agree, so the fallback cannot drift silently.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from importlib import metadata
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from dataflow import config, metrics
 from dataflow.exhaust import settings as exhaust_settings
@@ -24,55 +34,75 @@ from dataflow.exhaust import settings as exhaust_settings
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
 OVERLAYS = ("dev", "prod")
-KNOWN_KEYS = {"apiVersion", "kind", "resources", "namespace", "labels", "images", "replicas"}
-KNOWN_KEYS |= {"patches"}
+KUBECTL = shutil.which("kubectl")
+STS = "program-user-info"
+# Read by k8s/entrypoint.sh and scripts/run-streaming, not by Python.
+SHELL_SETTINGS = {"PUI_RECOVERY_PARTS"}
+SECRET_SETTINGS = {"PUI_CASSANDRA_USERNAME", "PUI_CASSANDRA_PASSWORD"} | set(
+    exhaust_settings.SECRETS
+)
+KUSTOMIZE_KEYS = {"apiVersion", "kind", "resources", "namespace", "labels", "images", "replicas"}
+KUSTOMIZE_KEYS |= {"patches", "replacements"}
+
+
+# --- rendering ---------------------------------------------------------------------------------
 
 
 def _merge(base, patch):
-    """Strategic merge for what our patches need: maps merge, lists of named maps merge by
-    name, anything else is replaced."""
+    """Strategic merge as our patches need it: maps merge, lists of maps with a ``name`` merge by
+    name (new items appended), any other value is replaced."""
     if isinstance(base, dict) and isinstance(patch, dict):
         out = dict(base)
         for key, value in patch.items():
             out[key] = _merge(base[key], value) if key in base else copy.deepcopy(value)
         return out
-    if (
-        isinstance(base, list)
-        and isinstance(patch, list)
-        and all(isinstance(i, dict) and "name" in i for i in base + patch)
-    ):
+    named = isinstance(base, list) and isinstance(patch, list)
+    if named and all(isinstance(i, dict) and "name" in i for i in base + patch):
         out = [copy.deepcopy(i) for i in base]
         for item in patch:
-            match = next((n for n, b in enumerate(out) if b["name"] == item["name"]), None)
-            if match is None:
+            at = next((n for n, b in enumerate(out) if b["name"] == item["name"]), None)
+            if at is None:
                 out.append(copy.deepcopy(item))
             else:
-                out[match] = _merge(out[match], item)
+                out[at] = _merge(out[at], item)
         return out
     return copy.deepcopy(patch)
 
 
-def render(folder: Path) -> list[dict]:
+def _select(docs: list[dict], kind: str, name: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+
+
+def _walk(node, path: str):
+    """Follow a Kustomize field path (``a.b.[name=x].c``); returns (parent, last key)."""
+    steps = path.split(".")
+    for step in steps[:-1]:
+        sel = re.fullmatch(r"\[(\w+)=(.+)\]", step)
+        if sel:
+            hits = [i for i in node if i.get(sel.group(1)) == sel.group(2)]
+            assert len(hits) == 1, f"{path}: {step} matches {len(hits)} items"
+            node = hits[0]
+        else:
+            node = node[step]
+    return node, steps[-1]
+
+
+def render_minimal(folder: Path) -> list[dict]:
     kust = yaml.safe_load((folder / "kustomization.yaml").read_text())
-    unknown = set(kust) - KNOWN_KEYS
-    assert not unknown, f"{folder}: Kustomize features this test does not render: {unknown}"
+    unknown = set(kust) - KUSTOMIZE_KEYS
+    assert not unknown, f"{folder}: Kustomize features render_minimal does not handle: {unknown}"
     docs: list[dict] = []
     for res in kust.get("resources", []):
         path = folder / res
         if path.is_dir():
-            docs += render(path)
+            docs += render_minimal(path)
         else:
             docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
     for patch in kust.get("patches", []):
-        assert set(patch) == {"path"}, patch
+        assert set(patch) == {"path"}, f"only patches from files: {patch}"
         body = yaml.safe_load((folder / patch["path"]).read_text())
-        target = [
-            d
-            for d in docs
-            if d["kind"] == body["kind"] and d["metadata"]["name"] == body["metadata"]["name"]
-        ]
-        assert len(target) == 1, f"patch {patch['path']} matches {len(target)} resources"
-        docs[docs.index(target[0])] = _merge(target[0], body)
+        (target,) = _select(docs, body["kind"], body["metadata"]["name"])
+        docs[docs.index(target)] = _merge(target, body)
     for rep in kust.get("replicas", []):
         hits = [
             d
@@ -85,11 +115,24 @@ def render(folder: Path) -> list[dict]:
     for image in kust.get("images", []):
         for d in docs:
             for c in containers(d):
-                if c["image"].split(":")[0] == image["name"]:
-                    name = image.get("newName", image["name"])
-                    tag = image.get("newTag", c["image"].partition(":")[2] or "latest")
-                    c["image"] = f"{name}:{tag}"
+                name, _, tag = c["image"].partition(":")
+                if name == image["name"]:
+                    c["image"] = f"{image.get('newName', name)}:{image.get('newTag', tag)}"
+    for rep in kust.get("replacements", []):
+        src = rep["source"]
+        assert set(src) == {"kind", "name", "fieldPath"}, src
+        (doc,) = _select(docs, src["kind"], src["name"])
+        parent, key = _walk(doc, src["fieldPath"])
+        value = parent[key]
+        for target in rep["targets"]:
+            assert set(target) == {"select", "fieldPaths"}, target
+            for d in _select(docs, target["select"]["kind"], target["select"]["name"]):
+                for path in target["fieldPaths"]:
+                    parent, key = _walk(d, path)
+                    old = parent[key]
+                    parent[key] = str(value) if isinstance(old, str) else value
     for group in kust.get("labels", []):
+        assert set(group) == {"pairs"}, "labels on metadata only"
         for d in docs:
             d["metadata"].setdefault("labels", {}).update(group["pairs"])
     if "namespace" in kust:
@@ -98,30 +141,62 @@ def render(folder: Path) -> list[dict]:
     return docs
 
 
+def render_kubectl(folder: Path) -> list[dict]:
+    out = subprocess.run(
+        [KUBECTL, "kustomize", str(folder)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def render(folder: Path) -> list[dict]:
+    return render_kubectl(folder) if KUBECTL else render_minimal(folder)
+
+
+def _canonical(node):
+    """Order-insensitive form: documents by (kind, name), named list items by name."""
+    if isinstance(node, dict):
+        return {k: _canonical(v) for k, v in node.items()}
+    if isinstance(node, list):
+        items = [_canonical(i) for i in node]
+        if all(isinstance(i, dict) and "name" in i for i in items):
+            return sorted(items, key=lambda i: str(i["name"]))
+        return items
+    return node
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
 def pod_spec(doc: dict) -> dict | None:
-    spec = doc.get("spec", {})
-    if "template" in spec:
-        return spec["template"]["spec"]
-    return None
+    template = doc.get("spec", {}).get("template")
+    return template["spec"] if template else None
 
 
 def containers(doc: dict) -> list[dict]:
     spec = pod_spec(doc)
-    if spec is None:
-        return []
-    return spec.get("initContainers", []) + spec.get("containers", [])
+    return [] if spec is None else spec.get("initContainers", []) + spec.get("containers", [])
 
 
 def env_of(container: dict) -> dict[str, dict]:
     return {e["name"]: e for e in container.get("env", [])}
 
 
-def find(docs, kind, name=None) -> dict:
-    hits = [
-        d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
-    ]
+def find(docs: list[dict], kind: str, name: str | None = None) -> dict:
+    hits = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
     assert len(hits) == 1, (kind, name, len(hits))
     return hits[0]
+
+
+def streaming(docs: list[dict]) -> tuple[dict, dict]:
+    sts = find(docs, "StatefulSet", STS)
+    (job,) = sts["spec"]["template"]["spec"]["containers"]
+    return sts, job
+
+
+def dockerfile_stages() -> list[str]:
+    text = (K8S / "Dockerfile").read_text()
+    return re.split(r"^FROM ", text, flags=re.M)[1:]
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
@@ -129,96 +204,308 @@ def rendered(request) -> list[dict]:
     return render(K8S / "overlays" / request.param)
 
 
+# --- rendering and schema ----------------------------------------------------------------------
+
+
 def test_every_resource_validates_against_kubernetes_1_30(rendered):
+    kinds = sorted(d["kind"] for d in rendered)
+    assert kinds == [
+        "ConfigMap",
+        "Deployment",
+        "Job",
+        "PersistentVolumeClaim",
+        "PodDisruptionBudget",
+        "Service",
+        "StatefulSet",
+    ]
     for doc in rendered:
         kubernetes_validate.validate(doc, "1.30", strict=True)
+        assert doc["metadata"]["namespace"]
+
+
+def test_schema_validation_can_fail():
+    sts, _ = streaming(render_minimal(K8S / "overlays" / "prod"))
+    sts["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "9999"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(sts, "1.30", strict=True)
+
+
+def test_example_secret_validates_and_is_not_deployed():
+    secret = yaml.safe_load((K8S / "secret.example.yaml").read_text())
+    kubernetes_validate.validate(secret, "1.30", strict=True)
+    for overlay in OVERLAYS:
+        assert all(d["kind"] != "Secret" for d in render_minimal(K8S / "overlays" / overlay))
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl not installed")
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_minimal_renderer_agrees_with_kustomize(overlay):
+    folder = K8S / "overlays" / overlay
+    ours = {(d["kind"], d["metadata"]["name"]): _canonical(d) for d in render_minimal(folder)}
+    real = {(d["kind"], d["metadata"]["name"]): _canonical(d) for d in render_kubectl(folder)}
+    assert ours.keys() == real.keys()
+    for key in real:
+        assert ours[key] == real[key], key
+
+
+@pytest.mark.parametrize("renderer", ["minimal", "kubectl"])
+def test_process_count_follows_the_overlay_replicas(tmp_path, renderer):
+    if renderer == "kubectl" and KUBECTL is None:
+        pytest.skip("kubectl not installed")
+    shutil.copytree(K8S, tmp_path / "k8s")
+    kust = tmp_path / "k8s" / "overlays" / "prod" / "kustomization.yaml"
+    text = kust.read_text()
+    assert "count: 2" in text
+    kust.write_text(text.replace("count: 2", "count: 4"))
+    folder = kust.parent
+    docs = render_minimal(folder) if renderer == "minimal" else render_kubectl(folder)
+    sts, job = streaming(docs)
+    assert sts["spec"]["replicas"] == 4
+    assert env_of(job)["BYTEWAX_REPLICAS"]["value"] == "4"
+
+
+# --- settings and secrets ----------------------------------------------------------------------
+
+
+def test_configmap_holds_every_non_secret_setting_and_the_code_accepts_it(rendered):
+    data = find(rendered, "ConfigMap")["data"]
+    settings = set(config.ENV_VARS) | set(exhaust_settings.ENV_VARS)
+    assert set(data) == settings - SECRET_SETTINGS
+    assert all(isinstance(v, str) for v in data.values())
+    streaming_settings = config.load(data)
+    assert streaming_settings.metrics_port == config.Settings.metrics_port
+    exhaust = exhaust_settings.load({**data, "PUI_ENCRYPTION_SALT": "salt"})
+    assert str(exhaust.report_store) == data["PUI_REPORT_STORE"]
 
 
 def test_env_names_are_settings_the_code_reads(rendered):
-    known = set(config.ENV_VARS) | set(exhaust_settings.ENV_VARS)
-    # Read by the image's entrypoint (and scripts/run-streaming), not by Python.
+    known = set(config.ENV_VARS) | set(exhaust_settings.ENV_VARS) | SHELL_SETTINGS
     for script in (K8S / "entrypoint.sh", ROOT / "scripts" / "run-streaming"):
-        assert "PUI_RECOVERY_PARTS" in script.read_text()
-    known.add("PUI_RECOVERY_PARTS")
-    cm = find(rendered, "ConfigMap")
-    names = set(cm["data"])
+        for name in SHELL_SETTINGS:
+            assert name in script.read_text(), (script, name)
+    passthrough = {}
     for doc in rendered:
         for c in containers(doc):
-            names |= {n for n in env_of(c) if n.startswith("PUI_")}
-    for name in names:
-        assert name in known or name.startswith(config.KAFKA_CONFIG_PREFIX), name
-    # Secrets come from a Secret, never from the ConfigMap.
-    assert not any(re.search("PASSWORD|SALT|USERNAME", n) for n in cm["data"])
+            for name in env_of(c):
+                if name.startswith(config.KAFKA_CONFIG_PREFIX):
+                    passthrough[name] = "x"
+                elif name.startswith("PUI_"):
+                    assert name in known, name
+    # The Kafka passthrough names become the librdkafka keys we mean.
+    extra = config.load(passthrough).kafka_extra
+    assert set(extra) == {"sasl.username", "sasl.password"}
+
+
+def test_secrets_come_only_from_the_secret(rendered):
+    example = yaml.safe_load((K8S / "secret.example.yaml").read_text())
+    keys = set(example["stringData"])
+    secret_like = re.compile(r"PASSWORD|USERNAME|SALT|SECRET|TOKEN")
+    assert not [n for n in find(rendered, "ConfigMap")["data"] if secret_like.search(n)]
+    required = set()
+    for doc in rendered:
+        for c in containers(doc):
+            for name, env in env_of(c).items():
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if secret_like.search(name):
+                    assert ref, f"{c['name']}: {name} must come from the Secret"
+                if ref:
+                    assert ref["name"] == "program-user-info"
+                    assert ref["key"] in keys, ref
+                    if not ref.get("optional"):
+                        required.add(ref["key"])
+    assert required == {"encryption-salt"}
+    # The job and the bootstrap reach Kafka and Cassandra with the same credentials.
+    _, job = streaming(rendered)
+    boot = find(rendered, "Job")["spec"]["template"]["spec"]["containers"][0]
+
+    def refs(c):
+        return {n: e["valueFrom"] for n, e in env_of(c).items() if "valueFrom" in e}
+
+    assert {n: v for n, v in refs(job).items() if "secretKeyRef" in v} == refs(boot)
+
+
+# --- ports, processes, recovery ----------------------------------------------------------------
 
 
 def test_ports_match_the_metrics_endpoint_and_bytewax(rendered):
-    cm = find(rendered, "ConfigMap")
-    port = int(cm["data"]["PUI_METRICS_PORT"])
+    port = int(find(rendered, "ConfigMap")["data"]["PUI_METRICS_PORT"])
     assert port == config.Settings.metrics_port
-    sts = find(rendered, "StatefulSet")
+    sts, job = streaming(rendered)
     annotations = sts["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
     assert int(annotations["prometheus.io/port"]) == port
-    (job,) = sts["spec"]["template"]["spec"]["containers"]
+    assert annotations["prometheus.io/path"] == "/metrics"
     ports = {p["name"]: p["containerPort"] for p in job["ports"]}
     assert ports["metrics"] == port
-    assert job["readinessProbe"]["httpGet"]["port"] == "metrics"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        check = job[probe]["httpGet"]
+        assert (check["path"], check["port"]) == ("/metrics", "metrics"), probe
     svc = find(rendered, "Service")
     assert svc["spec"]["clusterIP"] == "None"
-    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]}["bytewax"] == ports["bytewax"]
-    hostfile = sts["spec"]["template"]["spec"]["initContainers"][0]["command"][-1]
-    assert f":{ports['bytewax']}" in hostfile
+    assert svc["spec"]["publishNotReadyAddresses"] is True
+    svc_ports = {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]}
+    assert svc_ports["bytewax"] == (ports["bytewax"], "bytewax")
+    assert svc_ports["metrics"] == (port, "metrics")
+    assert int(env_of(job)["BYTEWAX_PORT"]["value"]) == ports["bytewax"]
     assert sts["spec"]["serviceName"] == svc["metadata"]["name"]
+    pod_labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    assert sts["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    pdb = find(rendered, "PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
 
 
-def test_process_count_matches_replicas(rendered):
-    sts = find(rendered, "StatefulSet")
+def test_process_count_matches_replicas_and_partitions(rendered):
+    sts, job = streaming(rendered)
     replicas = sts["spec"]["replicas"]
-    for c in containers(sts):
-        if "BYTEWAX_REPLICAS" in env_of(c):
-            assert int(env_of(c)["BYTEWAX_REPLICAS"]["value"]) == replicas, c["name"]
-    (job,) = sts["spec"]["template"]["spec"]["containers"]
     env = env_of(job)
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    assert int(env["BYTEWAX_REPLICAS"]["value"]) == replicas
+    assert env["BYTEWAX_WORKERS_PER_PROCESS"]["value"] == "1"
+    # bytewax.run: process id = BYTEWAX_POD_NAME minus "<BYTEWAX_STATEFULSET_NAME>-".
     assert env["BYTEWAX_STATEFULSET_NAME"]["value"] == sts["metadata"]["name"]
     assert env["BYTEWAX_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    # Recovery partitions must cover every worker (one per process here).
-    assert int(env["PUI_RECOVERY_PARTS"]["value"]) >= replicas
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    # One recovery partition per pod, so every partition needs a pod.
+    assert 1 <= int(env["PUI_RECOVERY_PARTS"]["value"]) <= replicas
+    # Bytewax 0.21 stalls when partitions are spread unevenly over the processes.
+    args = find(rendered, "Job")["spec"]["template"]["spec"]["containers"][0]["args"]
+    partitions = int(args[args.index("--partitions") + 1])
+    assert partitions % replicas == 0, (partitions, replicas)
 
 
 def test_recovery_volume_is_where_the_job_keeps_recovery(rendered):
-    sts = find(rendered, "StatefulSet")
-    (job,) = sts["spec"]["template"]["spec"]["containers"]
-    recovery_dir = env_of(job)["BYTEWAX_RECOVERY_DIRECTORY"]["value"]
+    sts, job = streaming(rendered)
+    env = env_of(job)
     mounts = {m["name"]: m["mountPath"] for m in job["volumeMounts"]}
-    claims = [t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]]
-    assert mounts[claims[0]] == recovery_dir
-    hostfile_path = env_of(job)["BYTEWAX_HOSTFILE_PATH"]["value"]
-    assert mounts["hostfile"] == str(Path(hostfile_path).parent)
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert mounts[claim["metadata"]["name"]] == env["BYTEWAX_RECOVERY_DIRECTORY"]["value"]
+    # bytewax.run refuses -r without both intervals.
+    assert int(env["BYTEWAX_SNAPSHOT_INTERVAL"]["value"]) > 0
+    assert int(env["BYTEWAX_RECOVERY_BACKUP_INTERVAL"]["value"]) >= 0
+    # The entrypoint writes the hostfile on a writable (emptyDir) mount.
+    volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    hostfile = Path(env["BYTEWAX_HOSTFILE_PATH"]["value"])
+    (holder,) = [n for n, p in mounts.items() if hostfile.is_relative_to(p)]
+    assert "emptyDir" in volumes[holder]
 
 
-def test_commands_are_the_documented_ones(rendered):
-    sts = find(rendered, "StatefulSet")
-    assert sts["spec"]["template"]["spec"]["containers"][0]["args"][-1] == "dataflow:flow"
-    boot = find(rendered, "Job")
-    assert boot["spec"]["template"]["spec"]["containers"][0]["args"][:3] == [
-        "python",
-        "-m",
-        "dataflow.bootstrap",
-    ]
-    exhaust = find(rendered, "Deployment")
-    args = exhaust["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[2:4] == ["dataflow.exhaust", "run"]
-    store = find(rendered, "ConfigMap")["data"]["PUI_REPORT_STORE"]
-    mounts = exhaust["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
-    assert store in [m["mountPath"] for m in mounts]
+def test_pods_run_locked_down_with_resources(rendered):
+    runtime = dockerfile_stages()[-1]
+    uid = int(re.search(r"^USER (\d+)", runtime, re.M).group(1))
     for doc in rendered:
+        spec = pod_spec(doc)
+        if spec is None:
+            continue
+        ctx = spec["securityContext"]
+        assert ctx["runAsNonRoot"] is True and ctx["runAsUser"] == uid != 0
+        assert ctx["seccompProfile"]["type"] == "RuntimeDefault"
+        assert spec["automountServiceAccountToken"] is False
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
         for c in containers(doc):
-            assert c["image"].startswith("registry.example.org/program-user-info:"), c["image"]
+            sec = c["securityContext"]
+            assert sec["allowPrivilegeEscalation"] is False, c["name"]
+            assert sec["readOnlyRootFilesystem"] is True, c["name"]
+            assert sec["capabilities"]["drop"] == ["ALL"], c["name"]
+            assert {"cpu", "memory"} <= set(c["resources"]["requests"]), c["name"]
+            assert {"cpu", "memory"} <= set(c["resources"]["limits"]), c["name"]
+            tmp = [m for m in c["volumeMounts"] if m["mountPath"] == "/tmp"]
+            assert tmp and "emptyDir" in volumes[tmp[0]["name"]], c["name"]
+
+
+def test_commands_and_images(rendered):
+    runtime = dockerfile_stages()[-1]
+    cmd = json.loads(re.search(r"^CMD (.+)$", runtime, re.M).group(1))
+    _, job = streaming(rendered)
+    assert job["args"] == cmd == ["python", "-m", "bytewax.run", "dataflow:flow"]
+    assert "command" not in job  # keep the image's entrypoint (hostfile, recovery)
+    boot = find(rendered, "Job")["spec"]["template"]["spec"]["containers"][0]
+    assert boot["args"][:3] == ["python", "-m", "dataflow.bootstrap"]
+    exhaust = find(rendered, "Deployment")
+    (ex,) = exhaust["spec"]["template"]["spec"]["containers"]
+    assert ex["args"][:4] == ["python", "-m", "dataflow.exhaust", "run"]
+    store = find(rendered, "ConfigMap")["data"]["PUI_REPORT_STORE"]
+    mounts = {m["mountPath"]: m["name"] for m in ex["volumeMounts"]}
+    volumes = {v["name"]: v for v in exhaust["spec"]["template"]["spec"]["volumes"]}
+    claim = volumes[mounts[store]]["persistentVolumeClaim"]["claimName"]
+    assert find(rendered, "PersistentVolumeClaim", claim)
+    images = {c["image"] for d in rendered for c in containers(d)}
+    assert len(images) == 1
+    assert re.fullmatch(r"registry\.example\.org/program-user-info:\d+\.\d+\.\d+", images.pop())
+
+
+# --- the image's entrypoint --------------------------------------------------------------------
+
+
+def _entrypoint(tmp_path: Path, env: dict[str, str], *cmd: str) -> subprocess.CompletedProcess:
+    venv_bin = str(Path(sys.executable).parent)
+    full = {"PATH": f"{venv_bin}:{os.environ['PATH']}", "HOME": str(tmp_path), **env}
+    return subprocess.run(
+        [str(K8S / "entrypoint.sh"), *cmd], env=full, capture_output=True, text=True, timeout=60
+    )
+
+
+def _pod(tmp_path: Path, ordinal: int, replicas: int, parts: int) -> dict[str, str]:
+    """The prod StatefulSet's literal env, as a pod with this ordinal would get it, with the
+    paths moved under tmp_path."""
+    _, job = streaming(render_minimal(K8S / "overlays" / "prod"))
+    env = {n: e["value"] for n, e in env_of(job).items() if "value" in e}
+    return {
+        **env,
+        "BYTEWAX_POD_NAME": f"{env['BYTEWAX_STATEFULSET_NAME']}-{ordinal}",
+        "POD_NAMESPACE": "pui",
+        "BYTEWAX_REPLICAS": str(replicas),
+        "BYTEWAX_HOSTFILE_PATH": str(tmp_path / f"hosts-{ordinal}" / "hostfile.txt"),
+        "BYTEWAX_RECOVERY_DIRECTORY": str(tmp_path / f"recovery-{ordinal}"),
+        "PUI_RECOVERY_PARTS": str(parts),
+    }
+
+
+def test_entrypoint_gives_bytewax_its_process_id_peers_and_own_recovery_partition(tmp_path):
+    probe = (
+        "import sys; sys.argv = ['bytewax.run', 'dataflow:flow']; "
+        "from bytewax.run import _parse_args; a = _parse_args(); print(a.process_id, a.addresses)"
+    )
+    out = _entrypoint(tmp_path, _pod(tmp_path, 1, 3, 2), "python", "-c", probe)
+    assert out.returncode == 0, out.stderr
+    peers = ";".join(f"{STS}-{i}.{STS}.pui.svc:9999" for i in range(3))
+    assert out.stdout.split() == ["1", peers]
+    assert sorted(p.name for p in (tmp_path / "recovery-1").iterdir()) == ["part-1.sqlite3"]
+    # A second start keeps the partition as it is.
+    before = (tmp_path / "recovery-1" / "part-1.sqlite3").stat().st_mtime_ns
+    assert _entrypoint(tmp_path, _pod(tmp_path, 1, 3, 2), "true").returncode == 0
+    assert (tmp_path / "recovery-1" / "part-1.sqlite3").stat().st_mtime_ns == before
+    # Pods beyond PUI_RECOVERY_PARTS hold no partition.
+    assert _entrypoint(tmp_path, _pod(tmp_path, 2, 3, 2), "true").returncode == 0
+    assert list((tmp_path / "recovery-2").iterdir()) == []
+
+
+def test_entrypoint_refuses_a_pod_beyond_the_process_count(tmp_path):
+    out = _entrypoint(tmp_path, _pod(tmp_path, 3, 3, 2), "true")
+    assert out.returncode == 64
+    assert "BYTEWAX_REPLICAS=3" in out.stderr
+
+
+def test_entrypoint_outside_kubernetes(tmp_path):
+    rec = tmp_path / "rec"
+    out = _entrypoint(
+        tmp_path, {"BYTEWAX_RECOVERY_DIRECTORY": str(rec), "PUI_RECOVERY_PARTS": "3"}, "true"
+    )
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in rec.iterdir()) == [f"part-{i}.sqlite3" for i in range(3)]
+    # Without a recovery directory (exhaust, bootstrap) it only runs the command.
+    out = _entrypoint(tmp_path, {}, "sh", "-c", "echo ran")
+    assert (out.returncode, out.stdout) == (0, "ran\n")
+
+
+# --- dashboard ---------------------------------------------------------------------------------
 
 
 def test_grafana_dashboard_queries_metrics_the_job_exports():
     from prometheus_client import REGISTRY
 
-    assert metrics.MESSAGES  # the job's metrics are registered by importing dataflow.metrics
+    assert metrics.MESSAGES  # importing dataflow.metrics registers the job's metrics
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
     exported = set()
     for family in REGISTRY.collect():
@@ -227,31 +514,85 @@ def test_grafana_dashboard_queries_metrics_the_job_exports():
     dash = json.loads((K8S / "grafana" / "program-user-info.json").read_text())
     used = set()
     for panel in dash["panels"]:
-        for target in panel["targets"]:
+        for target in panel.get("targets", []):
             used |= set(re.findall(r"\bpui_[a-z_]+", target["expr"]))
-    assert used
     missing = used - exported
     assert not missing, missing
-    wanted = {"pui_consumer_lag", "pui_rejections_total", "pui_cassandra_retries_total"}
-    assert wanted <= used
+    wanted = {
+        "pui_messages_consumed_total",
+        "pui_rows_upserted_total",
+        "pui_consumer_lag",
+        "pui_rejections_total",
+        "pui_cassandra_write_seconds_bucket",
+        "pui_cassandra_retries_total",
+        "pui_failed_published_total",
+    }
+    assert wanted <= used, wanted - used
+
+
+# --- the image ---------------------------------------------------------------------------------
 
 
 def test_dockerfile_is_multi_stage_non_root_without_compilers():
-    text = (K8S / "Dockerfile").read_text()
-    stages = re.split(r"^FROM ", text, flags=re.M)[1:]
+    stages = dockerfile_stages()
     assert len(stages) == 2
-    runtime = stages[-1]
-    assert "build-essential" not in runtime and "rustup" not in runtime
-    assert re.search(r"^USER (\d+)", runtime, re.M).group(1) != "0"
-    assert 'CMD ["python", "-m", "bytewax.run", "dataflow:flow"]' in runtime
-    assert "--from=build" in runtime
-    # The runtime requirements pin the same versions as the lock file.
-    lock = dict(
-        line.split("==")
-        for line in (ROOT / "requirements.lock").read_text().splitlines()
-        if "==" in line
-    )
-    for line in (K8S / "requirements-runtime.txt").read_text().splitlines():
-        if "==" in line:
-            name, version = line.split("==")
-            assert lock[name] == version, name
+    build, runtime = stages
+    assert build.startswith("python:3.11-slim-bookworm AS build")
+    assert runtime.startswith("python:3.11-slim-bookworm AS runtime")
+    assert "maturin build --release --locked" in build
+    for tool in ("build-essential", "gcc", "rustup", "cargo", "apt-get install", "maturin"):
+        assert tool not in runtime, tool
+    assert "--from=build /wheels" in runtime
+    assert "--only-binary=:all:" in runtime  # never compiles in the runtime stage
+    assert re.search(r"^USER (\d+)", runtime, re.M).group(1) == "10001"
+    assert re.search(r"^ENTRYPOINT \[\"pui-entrypoint\"\]$", runtime, re.M)
+    assert "k8s/entrypoint.sh /usr/local/bin/pui-entrypoint" in runtime
+    assert re.search(r"^STOPSIGNAL SIGINT$", runtime, re.M)
+    assert "BYTEWAX_RECOVERY_DIRECTORY" not in runtime  # only the StatefulSet enables recovery
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for path in (".git", ".venv", "target", "var", "**/*.so"):  # a stale local build
+        assert path in ignored, path
+
+
+def _closure(requirements: list[str]) -> set[str]:
+    """Names of the distributions the requirements pull in, from the installed metadata."""
+    seen: set[str] = set()
+    todo = [(Requirement(r), "") for r in requirements]
+    while todo:
+        req, extra = todo.pop()
+        if req.marker and not req.marker.evaluate({"extra": extra}):
+            continue
+        name = canonicalize_name(req.name)
+        for wanted in ["", *sorted(req.extras)]:
+            key = f"{name}[{wanted}]"
+            if key in seen:
+                continue
+            seen.add(key)
+            for sub in metadata.requires(req.name) or []:
+                todo.append((Requirement(sub), wanted))
+    return {k.split("[")[0] for k in seen}
+
+
+def test_runtime_requirements_are_the_locked_runtime_closure():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lock = {
+        canonicalize_name(n): v
+        for n, v in (
+            line.split("==")
+            for line in (ROOT / "requirements.lock").read_text().splitlines()
+            if "==" in line
+        )
+    }
+    runtime = {
+        canonicalize_name(n): v
+        for n, v in (
+            line.split("==")
+            for line in (K8S / "requirements-runtime.txt").read_text().splitlines()
+            if "==" in line and not line.startswith("#")
+        )
+    }
+    assert set(runtime) == _closure(project["dependencies"])
+    for name, version in runtime.items():
+        assert lock[name] == version, name
+    dev = {canonicalize_name(Requirement(r).name) for r in project["optional-dependencies"]["dev"]}
+    assert not dev & set(runtime)
