@@ -12,6 +12,7 @@ is present a test checks that both renderers agree, so the fallback cannot drift
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import re
@@ -141,12 +142,17 @@ def render_minimal(folder: Path) -> list[dict]:
     return docs
 
 
-def render_kubectl(folder: Path) -> list[dict]:
+@functools.cache
+def _kustomize(folder: Path) -> str:
     out = subprocess.run(
         [KUBECTL, "kustomize", str(folder)], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
-    return [d for d in yaml.safe_load_all(out.stdout) if d]
+    return out.stdout
+
+
+def render_kubectl(folder: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(_kustomize(folder)) if d]
 
 
 def render(folder: Path) -> list[dict]:
