@@ -499,3 +499,45 @@ def test_csv_reading_helper_sees_what_7z_sees():
     with pyzipper.AESZipFile(io.BytesIO(buf.getvalue())) as zf:
         zf.setpassword(b"p")
         assert zf.read("a.csv") == b"x,y\r\n"
+
+
+def test_poller_survives_a_postgres_restart(world):
+    pid = "p-poll"
+    uid = ids(1)[0]
+    world.enrol(pid, uid, pii=False)
+    world.submit("before", request_data(pid, []))
+    poller = subprocess.Popen(
+        [sys.executable, "-m", "dataflow.exhaust", "run", "--poll-interval", "0.5"],
+        env=world.env,
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    services = str(ROOT / "scripts" / "services")
+
+    def wait_status(rid: str, conn) -> str:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT status FROM job_request WHERE request_id = %s", (rid,)
+            ).fetchone()
+            if row and row["status"] == "SUCCESS":
+                return "SUCCESS"
+            time.sleep(0.3)
+        return row["status"] if row else "missing"
+
+    try:
+        assert wait_status("before", world.pg) == "SUCCESS"
+        world.pg.close()
+        subprocess.run([services, "down", "postgres"], check=True, capture_output=True)
+        time.sleep(2)
+        subprocess.run([services, "up", "postgres"], check=True, capture_output=True)
+        assert poller.poll() is None, "the poller died with PostgreSQL"
+        world.pg = requests.connect(world.dsn, 60)
+        world.submit("after", request_data(pid, []), key="other")
+        assert wait_status("after", world.pg) == "SUCCESS"
+    finally:
+        poller.terminate()
+        _out, err = poller.communicate(timeout=30)
+    assert "PostgreSQL unavailable" in err
+    assert "Traceback" not in err

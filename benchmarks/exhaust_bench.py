@@ -1,0 +1,192 @@
+"""Wall time and peak RSS of the User Detail Report for a large program (issue: exhaust).
+
+    .venv/bin/python -m benchmarks.exhaust_bench [--users 100000] [--keep]
+
+Needs the local stack. Generates, in its own keyspaces, PostgreSQL schema and Redis DB 6:
+a program that requires PII consent with N enrolled users (60% ACTIVE consent, 20% REVOKED,
+20% none; consenting users in the Redis cache with Sunbird-encrypted email and phone) and a
+program without PII of the same size. Then times one `python -m dataflow.exhaust run --once`
+per report in a fresh process and reads that process's peak RSS (VmHWM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import random
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import redis
+from cassandra.concurrent import execute_concurrent_with_args
+
+from dataflow import config, schema
+from dataflow.exhaust import crypto, requests
+from dataflow.exhaust.__main__ import request_data
+from dataflow.sink import connect
+
+ROOT = Path(__file__).resolve().parents[1]
+SALT = "bench-salt"
+CONSENT_DDL = (
+    "CREATE TABLE IF NOT EXISTS {ks}.user_consent (user_id text, consumer_id text, "
+    "object_id text, categories list<text>, consent_data text, consumer_type text, "
+    "created_on timestamp, expiry timestamp, id text, last_updated_on timestamp, "
+    "object_type text, status text, PRIMARY KEY (user_id, consumer_id, object_id))"
+)
+
+
+def say(msg: str) -> None:
+    print(f"[exhaust-bench] {msg}", file=sys.stderr, flush=True)
+
+
+def load(session, ks: str, uks: str, cache, users: int, pii_program: str, plain_program: str):
+    rng = random.Random(1)
+    insert = session.prepare(
+        f"INSERT INTO {ks}.program_enrollment (program_id, user_id, program_externalid, "
+        "program_name, pii_consent_required, user_locations, organisation_id, "
+        "organisation_name, user_type, user_sub_type, created_at, updated_at) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+    )
+    consent = session.prepare(
+        f"INSERT INTO {uks}.user_consent (user_id, consumer_id, object_id, status, "
+        "last_updated_on, object_type) VALUES (?,?,?,?,?,'Program')"
+    )
+    districts = [f"District {i:02d}" for i in range(30)]
+    rows, consents = [], []
+    pipe = cache.pipeline(transaction=False)
+    for n in range(users):
+        uid = str(uuid.UUID(int=rng.getrandbits(128)))
+        district = rng.choice(districts)
+        locs = {
+            "state_name": "Karnataka",
+            "district_name": district,
+            "block_name": f"{district} B{rng.randrange(10)}",
+            "cluster_name": f"C{rng.randrange(50)}",
+            "school_code": str(29_000_000 + rng.randrange(5000)),
+            "school_name": f"School {rng.randrange(5000)}",
+        }
+        day = dt.date(2023, 1, 1) + dt.timedelta(days=rng.randrange(365))
+        for pid, pii in ((pii_program, True), (plain_program, False)):
+            rows.append(
+                (pid, uid, "PGM-1", "Program", pii, locs, "o1", "Org", "teacher", "HM", day, day)
+            )
+        roll = rng.random()
+        if roll < 0.8:
+            status = "ACTIVE" if roll < 0.6 else "REVOKED"
+            consents.append((uid, "c1", pii_program, status, dt.datetime(2023, 5, 1)))
+            if status == "ACTIVE":
+                pipe.hset(
+                    f"user:{uid}",
+                    mapping={
+                        "firstname": "User",
+                        "lastname": str(n),
+                        "email": crypto.encrypt(f"u{n}@example.org", SALT),
+                        "phone": crypto.encrypt(f"9{n:09d}", SALT),
+                    },
+                )
+        if len(rows) >= 20_000:
+            write(session, insert, rows)
+            write(session, consent, consents)
+            pipe.execute()
+            rows, consents = [], []
+            pipe = cache.pipeline(transaction=False)
+            say(f"loaded {n + 1:,} users")
+    write(session, insert, rows)
+    write(session, consent, consents)
+    pipe.execute()
+
+
+def write(session, stmt, rows) -> None:
+    for ok, result in execute_concurrent_with_args(
+        session, stmt, rows, concurrency=128, raise_on_first_error=False
+    ):
+        if not ok:
+            raise RuntimeError(result)
+
+
+def hwm_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def report(env: dict, rid: str) -> tuple[float, float]:
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dataflow.exhaust", "run", "--once", "--no-progress"],
+        env=env,
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    peak = 0.0
+    while proc.poll() is None:
+        peak = max(peak, hwm_mib(proc.pid))
+        time.sleep(0.1)
+    err = proc.stderr.read()
+    if proc.returncode != 0 or f"request {rid}: SUCCESS" not in err:
+        raise SystemExit(f"report {rid} failed:\n{err[-2000:]}")
+    return time.perf_counter() - start, peak
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--keep", action="store_true", help="keep the generated data")
+    args = parser.parse_args()
+    name = f"xb{int(time.time())}"
+    ks, uks = f"ks_{name}", f"uk_{name}"
+    dsn = f"postgresql://postgres@127.0.0.1:5432/pui?options=-csearch_path%3D{name}"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PUI_")},
+        "PUI_POSTGRES_DSN": dsn,
+        "PUI_REDIS_URL": "redis://127.0.0.1:6379/6",
+        "PUI_CASSANDRA_KEYSPACE": ks,
+        "PUI_USER_KEYSPACE": uks,
+        "PUI_REPORT_STORE": f"/tmp/{name}",
+        "PUI_ENCRYPTION_SALT": SALT,
+    }
+    settings = config.load(env)
+    cluster, session = connect(settings, wait=60)
+    cache = redis.Redis.from_url(env["PUI_REDIS_URL"])
+    session.execute(schema.keyspace_ddl(ks))
+    session.execute(schema.program_enrollment_ddl(ks))
+    session.execute(schema.keyspace_ddl(uks))
+    session.execute(CONSENT_DDL.format(ks=uks))
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/pui", autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {name}")
+    say(f"loading {args.users:,} users into two programs")
+    started = time.perf_counter()
+    load(session, ks, uks, cache, args.users, "pii-program", "plain-program")
+    say(f"loaded in {time.perf_counter() - started:.0f} s")
+    pg = requests.connect(dsn, 60)
+    requests.init_db(pg)
+    print("| program | users | wall s | peak RSS MiB |\n|---|---|---|---|")
+    try:
+        for pid in ("pii-program", "plain-program"):
+            requests.submit(pg, pid, request_data(pid, []), "pw", "bench")
+            secs, peak = report(env, pid)
+            print(f"| {pid} | {args.users:,} | {secs:.1f} | {peak:.0f} |", flush=True)
+    finally:
+        pg.close()
+        if not args.keep:
+            session.execute(f"DROP KEYSPACE IF EXISTS {ks}", timeout=120)
+            session.execute(f"DROP KEYSPACE IF EXISTS {uks}", timeout=120)
+            cache.flushdb()
+            with psycopg.connect("postgresql://postgres@127.0.0.1:5432/pui") as conn:
+                conn.execute(f"DROP SCHEMA {name} CASCADE")
+        cluster.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
