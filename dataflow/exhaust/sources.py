@@ -38,7 +38,8 @@ CONSENT_FIELDS = (
 PII_FIELDS = ("firstname", "lastname", "email", "phone")
 TUPLES = "pui-exhaust-tuples"
 PAGE = 5000
-CONCURRENCY = 96
+CONCURRENCY = 16
+USERS_PER_QUERY = 100
 REDIS_CHUNK = 1000
 
 
@@ -67,14 +68,15 @@ def consents(
 ) -> dict[str, dict]:
     """user_id -> the consent row for this program (the most recently updated one)."""
     check_identifier(user_keyspace, "PUI_USER_KEYSPACE")
+    # Many users per request: one round trip per partition costs more than the read itself.
     stmt = session.prepare(
-        f"SELECT {', '.join(CONSENT_FIELDS)} FROM {user_keyspace}.user_consent WHERE user_id = ?"
+        f"SELECT {', '.join(CONSENT_FIELDS)} FROM {user_keyspace}.user_consent WHERE user_id IN ?"
     )
     stmt.fetch_size = PAGE
     found: dict[str, dict] = {}
-    batch: list[tuple[str]] = []
+    batch: list[tuple[list[str]]] = []
 
-    def run(args: list[tuple[str]]) -> None:
+    def run(args: list[tuple[list[str]]]) -> None:
         results = execute_concurrent_with_args(
             session,
             stmt,
@@ -99,11 +101,17 @@ def consents(
                 ):
                     found[uid] = consent
 
+    group: list[str] = []
     for uid in user_ids:
-        batch.append((uid,))
-        if len(batch) == 10_000:
-            run(batch)
-            batch = []
+        group.append(uid)
+        if len(group) == USERS_PER_QUERY:
+            batch.append((group,))
+            group = []
+            if len(batch) == 100:
+                run(batch)
+                batch = []
+    if group:
+        batch.append((group,))
     if batch:
         run(batch)
     return found
