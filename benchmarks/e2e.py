@@ -169,8 +169,8 @@ def count_rows(settings: config.Settings, table: str, programs: list[str]) -> in
         cluster.shutdown()
 
 
-def run_dataflow(env: dict[str, str], processes: int, recovery: Path) -> dict:
-    """Start the job as ``processes`` Bytewax processes and wait until they all exit."""
+def init_recovery(env: dict[str, str], recovery: Path) -> None:
+    """The documented first step of a run with recovery: create the partitions."""
     recovery.mkdir(parents=True)
     subprocess.run(
         [sys.executable, "-m", "bytewax.recovery", str(recovery), str(PARTITIONS)],
@@ -178,6 +178,11 @@ def run_dataflow(env: dict[str, str], processes: int, recovery: Path) -> dict:
         env=env,
         cwd=ROOT,
     )
+
+
+def run_dataflow(env: dict[str, str], processes: int, recovery: Path) -> dict:
+    """Start the job as ``processes`` Bytewax processes and wait until they all exit."""
+    init_recovery(env, recovery)
     args = ["-r", str(recovery), "-s", "10", "-b", "60"]
     if processes > 1:
         ports = [free_port() for _ in range(processes)]
@@ -302,13 +307,7 @@ def paced_run(name: str, rate: float, seconds: float, recovery: Path) -> dict:
     settings = config.load(env)
     bootstrap_cassandra(settings)
     ensure_topics(settings, PARTITIONS)
-    recovery.mkdir(parents=True)
-    subprocess.run(
-        [sys.executable, "-m", "bytewax.recovery", str(recovery), str(PARTITIONS)],
-        check=True,
-        env=env,
-        cwd=ROOT,
-    )
+    init_recovery(env, recovery)
     command = [sys.executable, "-m", "bytewax.run", "dataflow:flow", "-r", str(recovery)]
     log_path = recovery.parent / f"{name}.log"
     recovery.parent.mkdir(parents=True, exist_ok=True)

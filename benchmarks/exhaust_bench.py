@@ -25,6 +25,7 @@ import psycopg
 import redis
 from cassandra.concurrent import execute_concurrent_with_args
 
+from benchmarks.e2e import hwm_mib
 from dataflow import config, schema
 from dataflow.exhaust import crypto, requests
 from dataflow.exhaust.__main__ import request_data
@@ -107,16 +108,6 @@ def write(session, stmt, rows) -> None:
     ):
         if not ok:
             raise RuntimeError(result)
-
-
-def hwm_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def report(env: dict, rid: str) -> tuple[float, float]:

@@ -14,20 +14,11 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from dataflow.exhaust import crypto
-from dataflow.exhaust.layout import Layout
+from dataflow.exhaust.layout import ROW_FIELDS, Layout
 
 IST = ZoneInfo("Asia/Kolkata")
 UTC = dt.UTC
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-# The row fields, before PII: position in the compact tuple.
-BASE_FIELDS = (
-    "user_id",
-    "program_name",
-    "program_externalId",
-    "user_type",
-    "user_sub_type",
-    "organisation_name",
-)
 
 
 @dataclass
@@ -45,7 +36,7 @@ class Rows:
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
-        self.fields = BASE_FIELDS + layout.location_keys
+        self.fields = ROW_FIELDS + layout.location_keys
         self.items: list[tuple] = []  # (needs_consent, *values by self.fields)
         self._texts: dict[str, str] = {}
 
