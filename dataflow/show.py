@@ -32,6 +32,15 @@ def topic_sizes(settings: config.Settings, topic: str) -> tuple[int, int]:
         consumer.close()
 
 
+def _shown(value) -> str:
+    """Dates as yyyy-MM-dd and maps as dicts, the way a user reads them."""
+    if hasattr(value, "date") and type(value).__name__ == "Date":
+        return str(value.date())
+    if hasattr(value, "items"):
+        return repr(dict(value.items()))
+    return repr(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dataflow.show", description=__doc__)
     parser.add_argument("--rows", type=int, default=5, help="rows to print (default 5)")
@@ -48,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         count = session.execute(f"SELECT COUNT(*) FROM {table}", timeout=120).one()[0]
         print(f"{table}: {count} row(s)")
         for row in session.execute(f"SELECT * FROM {table} LIMIT {int(args.rows)}"):
-            print("  " + ", ".join(f"{k}={v!r}" for k, v in row._asdict().items()))
+            print("  " + ", ".join(f"{k}={_shown(v)}" for k, v in row._asdict().items()))
     finally:
         cluster.shutdown()
     consumed, lag = topic_sizes(settings, settings.input_topic)
