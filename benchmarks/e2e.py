@@ -48,6 +48,7 @@ from dataflow.kafka_admin import ensure_topics
 from dataflow.produce import publish
 from dataflow.sample_events import generate
 from dataflow.schema import program_enrollment_ddl
+from dataflow.show import topic_sizes
 from dataflow.sink import MAX_BATCH_ROWS, connect
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,14 +226,19 @@ def run_dataflow(env: dict[str, str], processes: int, recovery: Path) -> dict:
     }
 
 
-def hwm_mib(pid: int) -> float:
+def proc_status_mib(pid: int, field: str) -> float:
+    """A memory figure of /proc/<pid>/status (VmRSS, VmHWM) in MiB; 0 once the process is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return 0.0
+
+
+def hwm_mib(pid: int) -> float:
+    return proc_status_mib(pid, "VmHWM")
 
 
 def free_port() -> int:
@@ -278,25 +284,11 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def lag(settings: config.Settings) -> int:
-    consumer = Consumer(
-        {"bootstrap.servers": settings.kafka_brokers, "group.id": settings.group_id}
-    )
-    try:
-        parts = [TopicPartition(settings.input_topic, p) for p in range(PARTITIONS)]
-        total = 0
-        for tp in consumer.committed(parts, timeout=10):
-            _low, high = consumer.get_watermark_offsets(tp, timeout=10)
-            total += high - max(tp.offset, 0)
-        return total
-    finally:
-        consumer.close()
+    return topic_sizes(settings, settings.input_topic)[1]
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return proc_status_mib(pid, "VmRSS")
 
 
 def paced_run(name: str, rate: float, seconds: float, recovery: Path) -> dict:
