@@ -32,7 +32,9 @@ def build_flow(settings: config.Settings | None = None) -> Dataflow:
     flow = Dataflow("program_user_info")
     batches = op.input("kafka_in", flow, KafkaBatchSource(settings))
     rows = op.map("flatten", batches, Flattener(settings))
-    op.output("cassandra_out", rows, CassandraSink(settings))
+    # The sink is partitioned like the source: a batch is written by the worker that read it.
+    keyed = op.key_on("by_partition", rows, lambda fb: str(fb.source.partition))
+    op.output("cassandra_out", keyed, CassandraSink(settings))
     return flow
 
 

@@ -99,12 +99,18 @@ def list_partitions(settings: Settings, timeout: float = 30.0) -> list[int]:
         time.sleep(1.0)
 
 
+def partition_names(settings: Settings) -> list[str]:
+    """Partition names of the input topic, shared by the source and the sink so that Bytewax
+    assigns a partition's reading and writing to the same worker."""
+    return [str(p) for p in list_partitions(settings)]
+
+
 class KafkaBatchSource(FixedPartitionedSource):
     def __init__(self, settings: Settings):
         self.settings = settings
 
     def list_parts(self) -> list[str]:
-        return [str(p) for p in list_partitions(self.settings)]
+        return partition_names(self.settings)
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None):
         return _KafkaPartition(self.settings, int(for_part), resume_state)
