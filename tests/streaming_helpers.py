@@ -10,11 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer
 
 from dataflow import config
 from dataflow.bootstrap import bootstrap_cassandra
 from dataflow.kafka_admin import ensure_topics
+from dataflow.show import topic_sizes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,19 +120,7 @@ def table_rows(session, settings: config.Settings) -> dict[tuple[str, str], dict
 
 
 def committed_lag(settings: config.Settings) -> int:
-    consumer = Consumer(
-        {"bootstrap.servers": settings.kafka_brokers, "group.id": settings.group_id}
-    )
-    try:
-        meta = consumer.list_topics(settings.input_topic, timeout=10).topics[settings.input_topic]
-        parts = [TopicPartition(settings.input_topic, p) for p in meta.partitions]
-        lag = 0
-        for tp in consumer.committed(parts, timeout=10):
-            _, high = consumer.get_watermark_offsets(tp, timeout=10)
-            lag += high - max(tp.offset, 0)
-        return lag
-    finally:
-        consumer.close()
+    return topic_sizes(settings, settings.input_topic)[1]
 
 
 def failed_messages(settings: config.Settings, expected: int, timeout: float = 60) -> list:
