@@ -201,14 +201,14 @@ def run_dataflow(env: dict[str, str], processes: int, recovery: Path) -> dict:
         )
         for i in range(processes)
     ]
-    # Start-up (interpreter, imports, connecting, checking the topic and table) is timed
-    # apart: the moment a process logs that its first partition is open.
+    # Start-up (interpreter, imports, checking the topic and table, connecting the sink) is
+    # timed apart: it ends when a process logs that its sink is connected.
     opened: list[float] = []
     logs = {p.pid: [] for p in procs}
 
     def read_log(proc: subprocess.Popen) -> None:
         for line in proc.stderr:
-            if not opened and "] starts at " in line:
+            if not opened and "dataflow.sink: writing to " in line:
                 opened.append(time.perf_counter())
             logs[proc.pid].append(line)
 

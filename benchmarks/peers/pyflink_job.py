@@ -90,7 +90,9 @@ def main() -> None:
     )
     # Null fields are left unset, as our sink does, instead of writing tombstones.
     sink = CassandraSink.add_sink(rows).set_query(query).set_host(args.cassandra, 9042)
-    sink.enable_ignore_null_fields().build()
+    # Unbounded (the default), the sink overruns the driver's request queue (BusyPoolException);
+    # 128 in flight is what our own single-row ceiling uses.
+    sink.set_max_concurrent_requests(128).enable_ignore_null_fields().build()
     env.execute("program-user-info peer (PyFlink)")
 
 

@@ -36,6 +36,7 @@ from benchmarks.e2e import (
 )
 from dataflow import config
 from dataflow.bootstrap import bootstrap_cassandra
+from dataflow.flatten import COLUMNS
 from dataflow.kafka_admin import ensure_topics
 from dataflow.produce import publish
 from dataflow.sample_events import generate
@@ -152,7 +153,7 @@ def same_rows(settings, tables: list[str], program: str) -> bool:
         seen = []
         for table in tables:
             rows = session.execute(
-                f"SELECT *, writetime(program_name) AS wt FROM "
+                f"SELECT {', '.join(COLUMNS)}, writetime(program_name) FROM "
                 f"{settings.cassandra_keyspace}.{table} WHERE program_id = %s",
                 (program,),
                 timeout=60,
