@@ -1,4 +1,6 @@
-"""Bar chart of throughput per configuration from ``benchmarks/results/e2e.json``.
+"""Bar chart of throughput per configuration from ``benchmarks/results/e2e.json``, plus the
+PyFlink peer's runs from ``benchmarks/results/peer.json`` when that file exists (a separate run
+on the same events and box: see RESULTS.md).
 
 .venv/bin/pip install matplotlib==3.11.2   # or: pip install -e '.[plot]'
 .venv/bin/python -m benchmarks.plot        # writes benchmarks/throughput.png
@@ -29,12 +31,18 @@ def main() -> int:
     for label, run in results["runs"].items():
         engine, procs = label.split("-")
         bars.append((f"dataflow\n{engine}, {procs} proc", run["events_per_s"]))
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    names = [b[0] for b in bars]
-    values = [b[1] for b in bars]
     colors = ["#999999"] * (1 + len(results["sink_ceilings_per_s"])) + ["#2b7bba"] * len(
         results["runs"]
     )
+    peer = HERE / "results" / "peer.json"
+    if peer.exists():
+        for label, run in json.loads(peer.read_text())["runs"].items():
+            if label.startswith("PyFlink"):
+                bars.append((label.replace(" (", "\n("), run["events_per_s"]))
+                colors.append("#d9822b")
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    names = [b[0] for b in bars]
+    values = [b[1] for b in bars]
     ax.bar(names, values, color=colors)
     for i, v in enumerate(values):
         ax.text(i, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=8)
