@@ -260,6 +260,9 @@ class _CassandraSinkPartition(StatefulSinkPartition):
             conn.failed.flush()
         # Tell the consumer group how far we are, for lag tools and restarts without state.
         conn.committer.commit(offsets=self._offsets(), asynchronous=True)
+        # confluent-kafka always installs a commit callback, so each asynchronous commit
+        # queues its result until the consumer is polled: unpolled, they pile up in memory.
+        conn.committer.poll(0)
 
     def _offsets(self) -> list[TopicPartition]:
         return [TopicPartition(t, p, o + 1) for (t, p), o in self._committed.items()]
