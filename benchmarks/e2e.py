@@ -44,13 +44,14 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from dataflow import config
 from dataflow.bootstrap import bootstrap_cassandra
+from dataflow.cassandra_writer import MAX_BATCH_ROWS
 from dataflow.flatten import NOT_WRITTEN, engine_function
 from dataflow.kafka_admin import ensure_topics
 from dataflow.produce import publish
 from dataflow.sample_events import generate
 from dataflow.schema import program_enrollment_ddl
 from dataflow.show import topic_sizes
-from dataflow.sink import MAX_BATCH_ROWS, connect
+from dataflow.sink import connect
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -169,6 +170,16 @@ def count_rows(settings: config.Settings, table: str, programs: list[str]) -> in
         return sum(session.execute(query, (p,), timeout=60).one()[0] for p in programs)
     finally:
         cluster.shutdown()
+
+
+def checked_rate(
+    settings: config.Settings, table: str, programs: list[str], events: int, label: str, run: dict
+) -> None:
+    """Check that every event's row is in ``table``; add the row count and events/s to ``run``."""
+    run["rows"] = count_rows(settings, table, programs)
+    run["events_per_s"] = events / run["seconds"]
+    if run["rows"] != events:
+        raise SystemExit(f"{label}: {run['rows']} rows in Cassandra, expected {events}")
 
 
 def init_recovery(env: dict[str, str], recovery: Path) -> None:
@@ -457,12 +468,8 @@ def main() -> int:
         bootstrap_cassandra(config.load(run_env))
         say(f"dataflow {label}")
         run = run_dataflow(run_env, int(processes), work / table)
-        landed = count_rows(settings, table, programs)
-        run["rows"] = landed
-        run["events_per_s"] = args.events / run["seconds"]
+        checked_rate(settings, table, programs, args.events, label, run)
         run["events_per_s_after_startup"] = args.events / (run["seconds"] - run["startup_seconds"])
-        if landed != args.events:
-            raise SystemExit(f"{label}: {landed} rows in Cassandra, expected {args.events}")
         results["runs"][label] = run
 
     save(results)

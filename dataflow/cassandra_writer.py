@@ -19,6 +19,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
 from cassandra import InvalidRequest
+from cassandra.cluster import NoHostAvailable
 from cassandra.query import BatchStatement, BatchType
 
 from dataflow import metrics
@@ -36,7 +37,19 @@ WARN_EVERY_S = 5.0
 def is_permanent(exc: BaseException) -> bool:
     """Errors that will fail the same way on every retry: the row goes to the failed topic.
     Anything else (timeouts, unavailability, overload, auth) is retried until it succeeds."""
-    return isinstance(exc, InvalidRequest | TypeError | ValueError | OverflowError)
+    return isinstance(exc, InvalidRequest) or _binding_error(exc)
+
+
+def _binding_error(exc: BaseException) -> bool:
+    """A row's values that the driver cannot serialise for its columns."""
+    return isinstance(exc, TypeError | ValueError | OverflowError)
+
+
+def describe(exc: BaseException) -> str:
+    """One line for logs and failed-topic details (per-host reasons when no host answered)."""
+    if isinstance(exc, NoHostAvailable) and exc.errors:
+        return "; ".join(f"{host}: {err}" for host, err in exc.errors.items())[:300]
+    return (str(exc) or type(exc).__name__)[:300]
 
 
 @dataclass(slots=True)
@@ -58,7 +71,7 @@ class Ticket:
     outstanding: int = 0
     submitted_ms: float = field(default_factory=lambda: time.time() * 1000)
     done_at_ms: float = 0.0
-    rejections: list[tuple[Write, str]] = field(default_factory=list)
+    rejections: list[tuple[Write, str]] = field(default_factory=list)  # (write, reason detail)
 
     @property
     def done(self) -> bool:
@@ -107,10 +120,6 @@ class PipelinedWriter:
                 if all(t.done for t in tickets):
                     return
                 self._cond.wait(self._next_wakeup())
-
-    def idle(self) -> bool:
-        with self._cond:
-            return self._in_flight == 0 and not self._retries
 
     def _wait_for_slot(self) -> None:
         while True:
@@ -205,7 +214,7 @@ class PipelinedWriter:
                     self._retries.append(_Request(request.ticket, [w]))
             else:
                 metrics.CASSANDRA_ERRORS.labels("rejected").inc()
-                request.ticket.rejections.append((request.writes[0], _short(exc)))
+                request.ticket.rejections.append((request.writes[0], describe(exc)))
                 self._settle(request.ticket, 1)
             self._cond.notify_all()
 
@@ -214,14 +223,6 @@ class PipelinedWriter:
         ticket.outstanding -= n
         if ticket.outstanding == 0:
             ticket.done_at_ms = time.time() * 1000
-
-
-def _binding_error(exc: BaseException) -> bool:
-    return isinstance(exc, TypeError | ValueError | OverflowError)
-
-
-def _short(exc: BaseException) -> str:
-    return (str(exc) or type(exc).__name__)[:300]
 
 
 def _groups(writes: list[Write]):

@@ -30,7 +30,7 @@ from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from dataflow import metrics
-from dataflow.cassandra_writer import MAX_BATCH_ROWS, PipelinedWriter, Ticket, Write
+from dataflow.cassandra_writer import PipelinedWriter, Ticket, Write, describe
 from dataflow.config import Settings
 from dataflow.failed import FailedTopicPublisher
 from dataflow.flatten import COLUMNS, DELETE, REJECT, UPSERT
@@ -40,7 +40,6 @@ from dataflow.source import NO_TIMESTAMP, partition_names
 log = logging.getLogger("dataflow.sink")
 
 CASSANDRA_REJECTED = "cassandra_rejected"
-__all__ = ["MAX_BATCH_ROWS", "CassandraSink", "connect"]
 
 
 def connect(settings: Settings, *, wait: float | None = None) -> tuple[Cluster, Session]:
@@ -81,17 +80,11 @@ def connect(settings: Settings, *, wait: float | None = None) -> tuple[Cluster, 
             if deadline is not None and time.monotonic() >= deadline:
                 raise ConnectionError(
                     f"Cassandra is not reachable at {','.join(settings.cassandra_hosts)}:"
-                    f"{settings.cassandra_port}: {_short(exc)}"
+                    f"{settings.cassandra_port}: {describe(exc)}"
                 ) from None
             pause = min(2**attempt, 30)
-            log.warning("Cassandra not reachable (%s); retrying in %ds", _short(exc), pause)
+            log.warning("Cassandra not reachable (%s); retrying in %ds", describe(exc), pause)
             time.sleep(pause)
-
-
-def _short(exc: BaseException) -> str:
-    if isinstance(exc, NoHostAvailable) and exc.errors:
-        return "; ".join(f"{host}: {err}" for host, err in exc.errors.items())[:300]
-    return (str(exc) or type(exc).__name__)[:300]
 
 
 def now_us() -> int:
@@ -107,12 +100,14 @@ class CassandraSink(FixedPartitionedSink):
         self._index: dict[str, int] | None = None
 
     def list_parts(self) -> list[str]:
-        return partition_names(self.settings)
+        parts = partition_names(self.settings)
+        # Bytewax picks the partition at ``part_fn``'s index into the sorted list of all parts.
+        self._index = {p: i for i, p in enumerate(sorted(parts))}
+        return parts
 
     def part_fn(self, item_key: str) -> int:
-        # Bytewax picks the partition at this index of the sorted list of all partitions.
         if self._index is None:
-            self._index = {p: i for i, p in enumerate(sorted(self.list_parts()))}
+            self.list_parts()
         return self._index[item_key]
 
     def build_part(self, step_id: str, for_part: str, resume_state: None):
@@ -182,7 +177,9 @@ class _CassandraSinkPartition(StatefulSinkPartition):
 
     def __init__(self, conn: _Connection):
         self._conn = conn
-        self._pending: deque[tuple[FlatBatch, Ticket]] = deque()
+        # Submitted batches in order, with whether any of their messages was rejected (and so
+        # published to the failed topic, to be flushed before their offsets are committed).
+        self._pending: deque[tuple[FlatBatch, Ticket, bool]] = deque()
         self._committed: dict[tuple[str, int], int] = {}
 
     def write_batch(self, items: list[FlatBatch]) -> None:
@@ -208,10 +205,7 @@ class _CassandraSinkPartition(StatefulSinkPartition):
                 elif op == DELETE:
                     params = (ts, payload[0], payload[1])
                     writes.append(Write(payload[0], conn.delete, params, False, (fb, i)))
-            ticket = conn.writer.submit(writes)
-            if rejected:
-                ticket.rejections.append(None)  # published already; flush before committing
-            self._pending.append((fb, ticket))
+            self._pending.append((fb, conn.writer.submit(writes), rejected))
         self._complete(wait=False)
 
     def snapshot(self) -> None:
@@ -236,19 +230,17 @@ class _CassandraSinkPartition(StatefulSinkPartition):
         """Retire finished batches in order: publish their rejections, then commit offsets."""
         conn = self._conn
         if wait and self._pending:
-            conn.writer.wait([t for _, t in self._pending])
-        done: list[tuple[FlatBatch, Ticket]] = []
+            conn.writer.wait([t for _, t, _ in self._pending])
+        done: list[tuple[FlatBatch, Ticket, bool]] = []
         while self._pending and self._pending[0][1].done:
             done.append(self._pending.popleft())
         if not done:
             return
         flush = False
-        for fb, ticket in done:
-            for rejection in ticket.rejections:
-                flush = True
-                if rejection is not None:
-                    write, detail = rejection
-                    self._reject(*write.origin, CASSANDRA_REJECTED, detail)
+        for fb, ticket, rejected in done:
+            flush = flush or rejected or bool(ticket.rejections)
+            for write, detail in ticket.rejections:
+                self._reject(*write.origin, CASSANDRA_REJECTED, detail)
             metrics.WRITE_SECONDS.observe((ticket.done_at_ms - ticket.submitted_ms) / 1000)
             for stamp in fb.source.timestamps:
                 if stamp != NO_TIMESTAMP:
