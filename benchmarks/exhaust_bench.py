@@ -1,6 +1,6 @@
 """Wall time and peak RSS of the User Detail Report for a large program (issue: exhaust).
 
-    .venv/bin/python -m benchmarks.exhaust_bench [--users 100000] [--keep]
+    .venv/bin/python -m benchmarks.exhaust_bench [--users 100000] [--keep | --reuse NAME]
 
 Needs the local stack. Generates, in its own keyspaces, PostgreSQL schema and Redis DB 6:
 a program that requires PII consent with N enrolled users (60% ACTIVE consent, 20% REVOKED,
@@ -133,8 +133,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
+    parser.add_argument(
+        "--reuse",
+        metavar="NAME",
+        help="time the reports on data kept by an earlier --keep run (its NAME is printed);"
+        " implies --keep",
+    )
     args = parser.parse_args()
-    name = f"xb{int(time.time())}"
+    name = args.reuse or f"xb{int(time.time())}"
+    keep = args.keep or bool(args.reuse)
     ks, uks = f"ks_{name}", f"uk_{name}"
     dsn = f"postgresql://postgres@127.0.0.1:5432/pui?options=-csearch_path%3D{name}"
     env = {
@@ -149,27 +156,38 @@ def main() -> int:
     settings = config.load(env)
     cluster, session = connect(settings, wait=60)
     cache = redis.Redis.from_url(env["PUI_REDIS_URL"])
-    session.execute(schema.keyspace_ddl(ks))
-    session.execute(schema.program_enrollment_ddl(ks))
-    session.execute(schema.keyspace_ddl(uks))
-    session.execute(CONSENT_DDL.format(ks=uks))
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/pui", autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {name}")
-    say(f"loading {args.users:,} users into two programs")
-    started = time.perf_counter()
-    load(session, ks, uks, cache, args.users, "pii-program", "plain-program")
-    say(f"loaded in {time.perf_counter() - started:.0f} s")
+    if args.reuse:
+        users = session.execute(
+            f"SELECT count(*) FROM {ks}.program_enrollment WHERE program_id = 'pii-program'",
+            timeout=120,
+        ).one()[0]
+        say(f"reusing {name}: {users:,} users per program")
+    else:
+        users = args.users
+        session.execute(schema.keyspace_ddl(ks))
+        session.execute(schema.program_enrollment_ddl(ks))
+        session.execute(schema.keyspace_ddl(uks))
+        session.execute(CONSENT_DDL.format(ks=uks))
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/pui", autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {name}")
+        say(f"loading {users:,} users into two programs")
+        started = time.perf_counter()
+        load(session, ks, uks, cache, users, "pii-program", "plain-program")
+        say(f"loaded in {time.perf_counter() - started:.0f} s")
     pg = requests.connect(dsn, 60)
     requests.init_db(pg)
     print("| program | users | wall s | peak RSS MiB |\n|---|---|---|---|")
     try:
         for pid in ("pii-program", "plain-program"):
-            requests.submit(pg, pid, request_data(pid, []), "pw", "bench")
-            secs, peak = report(env, pid)
-            print(f"| {pid} | {args.users:,} | {secs:.1f} | {peak:.0f} |", flush=True)
+            rid = f"{pid}-{time.time_ns()}"
+            requests.submit(pg, rid, request_data(pid, []), "pw", "bench")
+            secs, peak = report(env, rid)
+            print(f"| {pid} | {users:,} | {secs:.1f} | {peak:.0f} |", flush=True)
     finally:
         pg.close()
-        if not args.keep:
+        if keep:
+            say(f"data kept; time again with --reuse {name}")
+        else:
             session.execute(f"DROP KEYSPACE IF EXISTS {ks}", timeout=120)
             session.execute(f"DROP KEYSPACE IF EXISTS {uks}", timeout=120)
             cache.flushdb()
