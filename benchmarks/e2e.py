@@ -16,8 +16,8 @@ Needs the local stack (`scripts/services up`). In order, on one fresh topic of 4
    and peak RSS of the dataflow processes;
 5. latency: the job running, events produced at half the best measured rate (or
    ``--paced-rate``); p50/p99 of produce → write acknowledged by Cassandra, from the job's
-   `pui_event_age_seconds`; with ``--soak-minutes`` the same for that long while RSS and
-   consumer lag are sampled.
+   `pui_event_age_seconds`; with ``--soak-minutes`` the same for that long while RSS,
+   consumer lag and the latency of each 15 s window are sampled.
 
 Prints Markdown tables and writes the figures to ``benchmarks/results/e2e.json`` (read by
 ``benchmarks/plot.py``).
@@ -310,6 +310,21 @@ def bucket_quantile(buckets: list[tuple[float, float]], q: float) -> float:
     return lower
 
 
+def window_ms(after: list, before: list) -> dict:
+    """p50/p99 (ms) of the events acknowledged between two scrapes of the histogram."""
+    if not after:
+        return {"acked": 0, "p50_ms": None, "p99_ms": None}
+    base = dict(before)
+    delta = [(bound, count - base.get(bound, 0.0)) for bound, count in after]
+    if delta[-1][1] <= 0:
+        return {"acked": 0, "p50_ms": None, "p99_ms": None}
+    return {
+        "acked": int(delta[-1][1]),
+        "p50_ms": bucket_quantile(delta, 0.5) * 1000,
+        "p99_ms": bucket_quantile(delta, 0.99) * 1000,
+    }
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -325,7 +340,8 @@ def rss_mib(pid: int) -> float:
 
 def paced_run(name: str, rate: float, seconds: float, recovery: Path) -> dict:
     """Run the job continuously, produce at ``rate`` for ``seconds``; latency is the job's own
-    produce-to-acknowledged histogram; RSS and committed lag are sampled every 15 s."""
+    produce-to-acknowledged histogram; RSS, committed lag and the latency of the last 15 s
+    (from the difference of two scrapes of that histogram) are sampled every 15 s."""
     port = free_port()
     env = job_env(name, PUI_METRICS_PORT=str(port))
     settings = config.load(env)
@@ -346,6 +362,24 @@ def paced_run(name: str, rate: float, seconds: float, recovery: Path) -> dict:
     # A pool of events sent round and round: a long soak must not hold all of them in memory.
     pool = generate(min(count, 200_000), programs=PROGRAMS, seed=7)
     trace = []
+    seen: list[tuple[float, float]] = []
+
+    def sample(t: float) -> None:
+        nonlocal seen
+        try:
+            now_buckets = scrape_age(port)
+        except OSError:
+            now_buckets = []
+        trace.append(
+            {
+                "t": round(t),
+                "rss_mib": rss_mib(job.pid),
+                "lag": lag(settings),
+                **window_ms(now_buckets, seen),
+            }
+        )
+        seen = now_buckets or seen
+
     try:
         time.sleep(8)  # the job connects and assigns partitions before the clock starts
         start = time.perf_counter()
@@ -364,22 +398,14 @@ def paced_run(name: str, rate: float, seconds: float, recovery: Path) -> dict:
                     producer.poll(0.01)
             producer.poll(0)
             if now >= next_sample:
-                trace.append(
-                    {"t": round(now - start), "rss_mib": rss_mib(job.pid), "lag": lag(settings)}
-                )
+                sample(now - start)
                 next_sample += 15
         producer.flush(60)
         sent_for = time.perf_counter() - start
         deadline = time.monotonic() + 120
         while lag(settings) > 0 and time.monotonic() < deadline:
             time.sleep(0.5)
-        trace.append(
-            {
-                "t": round(time.perf_counter() - start),
-                "rss_mib": rss_mib(job.pid),
-                "lag": lag(settings),
-            }
-        )
+        sample(time.perf_counter() - start)
         buckets = scrape_age(port)
     finally:
         job.send_signal(signal.SIGINT)
@@ -535,9 +561,15 @@ def report(r: dict) -> None:
                 f"{lat['samples']:,} events, produce -> write acknowledged: "
                 f"p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms"
             )
-            print("\n| t (s) | dataflow RSS MiB | consumer lag |\n|---|---|---|")
+            print(
+                "\n| t (s) | dataflow RSS MiB | consumer lag | acked in last 15 s "
+                "| p50 ms | p99 ms |\n|---|---|---|---|---|---|"
+            )
             for s in lat["trace"]:
-                print(f"| {s['t']} | {s['rss_mib']:.0f} | {s['lag']} |")
+                p50, p99 = s.get("p50_ms"), s.get("p99_ms")
+                ms = f"{p50:.0f} | {p99:.0f}" if p50 is not None else "- | -"
+                acked = s.get("acked", 0)
+                print(f"| {s['t']} | {s['rss_mib']:.0f} | {s['lag']} | {acked:,} | {ms} |")
 
 
 if __name__ == "__main__":
