@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -436,6 +437,12 @@ def test_cli_submit_run_once_and_status(world):
     )
     assert run.returncode == 0, run.stderr
     assert f"request {rid}: SUCCESS" in run.stderr
+    # Where the time went, phase by phase, in the order the report is built.
+    assert re.search(
+        r"\(enrolments [\d.]+ s, consents [\d.]+ s, user cache [\d.]+ s, csv [\d.]+ s, "
+        r"zip [\d.]+ s\)",
+        run.stderr,
+    ), run.stderr
     assert SALT not in run.stderr
     status = subprocess.run(
         [*cmd, "status", rid], env=world.env, cwd=ROOT, capture_output=True, text=True

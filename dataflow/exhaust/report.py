@@ -28,7 +28,8 @@ class Counts:
     consenting: int = 0
     missing_in_cache: int = 0
     undecryptable: int = 0
-    extra: dict = field(default_factory=dict)
+    # Wall seconds per phase, for the log line that says where a slow report spent its time.
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 class Rows:

@@ -96,7 +96,7 @@ class Worker:
         requests.release(conn, claim)
         log.info(
             "request %s: SUCCESS in %.1f s: %d rows, %d needing consent, %d consenting, "
-            "%d not in the user cache, %d undecryptable values -> %s",
+            "%d not in the user cache, %d undecryptable values -> %s (%s)",
             claim.request_id,
             millis / 1000,
             counts.rows,
@@ -105,6 +105,7 @@ class Worker:
             counts.missing_in_cache,
             counts.undecryptable,
             path,
+            ", ".join(f"{phase} {sec:.1f} s" for phase, sec in counts.seconds.items()),
         )
         return True
 
@@ -113,6 +114,15 @@ class Worker:
             raise ReportFailed("Not a Valid Request")
         request = filters.parse(claim.request_data)
         s = self.settings
+        counts = Counts()
+        clock = time.monotonic()
+
+        def lap(phase: str) -> None:
+            nonlocal clock
+            now = time.monotonic()
+            counts.seconds[phase] = now - clock
+            clock = now
+
         try:
             session = self.cassandra()
             rows = Rows(self.layout)
@@ -126,16 +136,18 @@ class Worker:
                     rows.add(row)
             if not len(rows):
                 raise ReportFailed("No Data Found")
-            counts = Counts(needing_consent=0)
+            lap("enrolments")
             needing = rows.needing_consent()
             counts.needing_consent = len(needing)
             consents = sources.consents(
                 session, s.user_keyspace, request.program_id, needing, request.consent
             )
+            lap("consents")
             active = [
                 uid for uid, c in consents.items() if (c.get("status") or "").lower() == "active"
             ]
             pii = sources.pii(self.cache, active)
+            lap("user cache")
         except ReportFailed:
             raise
         except redis.RedisError as exc:
@@ -168,7 +180,9 @@ class Worker:
             write_csv(csv_path, rows, consents, pii, s.salt, counts, progress)
             bar.update(len(rows) - last[0])
             bar.close()
+            lap("csv")
             path = archive.pack(csv_path, s.security_level, claim.encryption_key, s.zip_encryption)
+            lap("zip")
         except (OSError, archive.ArchiveError) as exc:
             raise ReportFailed(f"writing the report failed: {exc}") from None
         # Identical requests share this one file: succeed() gives them all its path.
