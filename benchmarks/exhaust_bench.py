@@ -15,6 +15,7 @@ import argparse
 import datetime as dt
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -110,7 +111,8 @@ def write(session, stmt, rows) -> None:
             raise RuntimeError(result)
 
 
-def report(env: dict, rid: str) -> tuple[float, float]:
+def report(env: dict, rid: str) -> tuple[float, float, str]:
+    """Wall seconds and peak RSS of one report process, and its own time per phase."""
     start = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "dataflow.exhaust", "run", "--once", "--no-progress"],
@@ -126,7 +128,8 @@ def report(env: dict, rid: str) -> tuple[float, float]:
     err = proc.stderr.read()
     if proc.returncode != 0 or f"request {rid}: SUCCESS" not in err:
         raise SystemExit(f"report {rid} failed:\n{err[-2000:]}")
-    return time.perf_counter() - start, peak
+    phases = re.search(r"\((enrolments [^)]*)\)", err)
+    return time.perf_counter() - start, peak, phases.group(1) if phases else ""
 
 
 def main() -> int:
@@ -176,13 +179,13 @@ def main() -> int:
         say(f"loaded in {time.perf_counter() - started:.0f} s")
     pg = requests.connect(dsn, 60)
     requests.init_db(pg)
-    print("| program | users | wall s | peak RSS MiB |\n|---|---|---|---|")
+    print("| program | users | wall s | peak RSS MiB | phases |\n|---|---|---|---|---|")
     try:
         for pid in ("pii-program", "plain-program"):
             rid = f"{pid}-{time.time_ns()}"
             requests.submit(pg, rid, request_data(pid, []), "pw", "bench")
-            secs, peak = report(env, rid)
-            print(f"| {pid} | {users:,} | {secs:.1f} | {peak:.0f} |", flush=True)
+            secs, peak, phases = report(env, rid)
+            print(f"| {pid} | {users:,} | {secs:.1f} | {peak:.0f} | {phases} |", flush=True)
     finally:
         pg.close()
         if keep:

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from dataflow.exhaust import crypto
-from dataflow.exhaust.layout import ROW_FIELDS, Layout
+from dataflow.exhaust.layout import PII_FIELDS, ROW_FIELDS, Layout
+from dataflow.exhaust.sources import Consent
 
 IST = ZoneInfo("Asia/Kolkata")
 UTC = dt.UTC
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+CHUNK = 10_000  # rows whose PII is decrypted and written together: bounds what is held
 
 
 @dataclass
@@ -78,78 +79,101 @@ def full_name(first, last) -> str:
     return " ".join(p for p in (first, last) if p)
 
 
-def _decrypt(value, salt: str, counts: Counts) -> str:
-    if not value:
-        return ""
-    try:
-        return crypto.decrypt(value, salt)
-    except crypto.DecryptError:
-        counts.undecryptable += 1
-        return ""
-
-
 def safe_cell(value: str) -> str:
     """Neutralise spreadsheet formulas: a leading ' makes the cell text."""
     return "'" + value if value.startswith(FORMULA_STARTS) else value
 
 
+def personal_cells(
+    items: list[tuple], consents: dict[str, Consent], pii: dict[str, tuple], salt: str, tally
+) -> list[list[str]]:
+    """The PII_FIELDS cells of each item, in PII_FIELDS order, counting into ``tally``.
+
+    Every email and phone of the items is decrypted in one batch: per-value decryption
+    cost three cipher calls each and was most of a PII report's CSV time.
+    """
+    cells = []
+    encrypted: list[tuple[list[str], int, str]] = []  # (cells of a row, slot, ciphertext)
+    for item in items:
+        row = ["", "", "", "No", ""]  # username, phone, email, consentflag, consentprovideddate
+        if item[0]:
+            consent = consents.get(item[1])
+            if consent is not None:
+                row[4] = consent_date(consent.last_updated_on)
+                if consent.active:
+                    row[3] = "Yes"
+                    tally.consenting += 1
+                    cached = pii.get(item[1])
+                    if cached is None:
+                        tally.missing_in_cache += 1
+                    else:
+                        first, last, enc_email, enc_phone = cached
+                        row[0] = full_name(first, last)
+                        if enc_phone:
+                            encrypted.append((row, 1, enc_phone))
+                        if enc_email:
+                            encrypted.append((row, 2, enc_email))
+        cells.append(row)
+    plain = crypto.decrypt_many([value for _, _, value in encrypted], salt)
+    for (row, slot, _), text in zip(encrypted, plain, strict=True):
+        if text is None:
+            tally.undecryptable += 1
+        row[slot] = text or ""
+    return cells
+
+
 def write_csv(
     path: Path,
     rows: Rows,
-    consents: dict[str, dict],
+    consents: dict[str, Consent],
     pii: dict[str, tuple],
     salt: str,
     counts: Counts,
     progress=None,
 ) -> None:
     layout = rows.layout if any(i[0] for i in rows.items) else rows.layout.without_pii()
-    index = {name: n + 1 for n, name in enumerate(rows.fields)}
+    at_row = {name: n + 1 for n, name in enumerate(rows.fields)}
+    at_person = {name: n for n, name in enumerate(PII_FIELDS)}
+    # Where each column's value comes from: the personal cells, else the compact row, else
+    # nowhere (blank).
+    plan = [
+        (at_person.get(name), at_row.get(name), name in layout.quoted)
+        for _label, name in layout.columns
+    ]
 
-    def record(item: tuple, tally: Counts = counts) -> dict[str, str]:
-        out = {name: item[n] for name, n in index.items()}
-        uid = item[1]
-        name = phone = email = date = ""
-        flag = "No"
-        if item[0]:
-            consent = consents.get(uid)
-            if consent is not None:
-                date = consent_date(consent.get("last_updated_on"))
-                if (consent.get("status") or "").lower() == "active":
-                    flag = "Yes"
-                    tally.consenting += 1
-                    cached = pii.get(uid)
-                    if cached is None:
-                        tally.missing_in_cache += 1
-                    else:
-                        first, last, enc_email, enc_phone = cached
-                        name = full_name(first, last)
-                        email = _decrypt(enc_email, salt, tally)
-                        phone = _decrypt(enc_phone, salt, tally)
-        out.update(username=name, phone=phone, email=email, consentflag=flag)
-        out["consentprovideddate"] = date
+    def line(item: tuple, person: list[str]) -> list[str]:
+        out = []
+        for p_at, r_at, quoted in plan:
+            value = person[p_at] if p_at is not None else item[r_at] if r_at is not None else ""
+            if value and quoted:
+                value = f"'{value}'"
+            out.append(safe_cell(value))
         return out
 
-    def sort_key(item: tuple) -> tuple:
-        # Plain fields come from the compact row; a PII field in the sort needs the record.
-        if any(f not in index for f in layout.sort):
-            rec = record(item, Counts())
-            return tuple(rec.get(f, "") for f in layout.sort)
-        return tuple(item[index[f]] for f in layout.sort)
-
-    # Blank first, by code point: Python's str order. Only the keys are held, not the records.
-    ordered: Iterable[tuple] = sorted(rows.items, key=sort_key)
+    # Blank first, by code point: Python's str order. Only the keys are held, not the lines.
+    if all(f in at_row for f in layout.sort):
+        ordered = sorted(rows.items, key=lambda i: tuple(i[at_row[f]] for f in layout.sort))
+    else:
+        # A PII field in the sort needs every row's personal cells first (rare: not the
+        # default model); counted later, when the rows are written.
+        people = personal_cells(rows.items, consents, pii, salt, Counts())
+        by_field = [(at_person.get(f), at_row.get(f)) for f in layout.sort]
+        keyed = sorted(
+            zip(rows.items, people, strict=True),
+            key=lambda pair: tuple(
+                pair[1][p] if p is not None else pair[0][r] if r is not None else ""
+                for p, r in by_field
+            ),
+        )
+        ordered = [item for item, _ in keyed]
+        del keyed, people
     with path.open("w", encoding="utf-8", newline="") as out:
         writer = csv.writer(out, lineterminator="\r\n")
         writer.writerow([safe_cell(label) for label, _ in layout.columns])
-        for n, item in enumerate(ordered):
-            rec = record(item)
-            line = []
-            for _label, name in layout.columns:
-                value = rec.get(name, "")
-                if value and name in layout.quoted:
-                    value = f"'{value}'"
-                line.append(safe_cell(value))
-            writer.writerow(line)
-            if progress is not None and n % 10_000 == 0:
-                progress(n)
+        for n in range(0, len(ordered), CHUNK):
+            chunk = ordered[n : n + CHUNK]
+            people = personal_cells(chunk, consents, pii, salt, counts)
+            writer.writerows(line(item, person) for item, person in zip(chunk, people, strict=True))
+            if progress is not None:
+                progress(n + len(chunk))
     counts.rows = len(rows)

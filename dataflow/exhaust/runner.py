@@ -143,9 +143,7 @@ class Worker:
                 session, s.user_keyspace, request.program_id, needing, request.consent
             )
             lap("consents")
-            active = [
-                uid for uid, c in consents.items() if (c.get("status") or "").lower() == "active"
-            ]
+            active = [uid for uid, c in consents.items() if c.active]
             pii = sources.pii(self.cache, active)
             lap("user cache")
         except ReportFailed:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 from cassandra.cluster import ExecutionProfile
 from cassandra.concurrent import execute_concurrent_with_args
@@ -55,6 +56,13 @@ def enrolments(session, keyspace: str, table: str, program_id: str) -> Iterator[
         yield dict(zip(ENROLMENT_FIELDS, row, strict=True))
 
 
+class Consent(NamedTuple):
+    """What a report needs of a consent row; a million of them must stay small."""
+
+    active: bool
+    last_updated_on: dt.datetime | None
+
+
 def _when(value) -> dt.datetime:
     return value if isinstance(value, dt.datetime) else dt.datetime.min
 
@@ -65,15 +73,15 @@ def consents(
     program_id: str,
     user_ids: Iterable[str],
     predicates: list[Predicate],
-) -> dict[str, dict]:
-    """user_id -> the consent row for this program (the most recently updated one)."""
+) -> dict[str, Consent]:
+    """user_id -> the consent for this program (from the most recently updated row)."""
     check_identifier(user_keyspace, "PUI_USER_KEYSPACE")
     # Many users per request: one round trip per partition costs more than the read itself.
     stmt = session.prepare(
         f"SELECT {', '.join(CONSENT_FIELDS)} FROM {user_keyspace}.user_consent WHERE user_id IN ?"
     )
     stmt.fetch_size = PAGE
-    found: dict[str, dict] = {}
+    found: dict[str, Consent] = {}
     batch: list[tuple[list[str]]] = []
 
     def run(args: list[tuple[list[str]]]) -> None:
@@ -96,10 +104,10 @@ def consents(
                     continue
                 uid = consent["user_id"]
                 prev = found.get(uid)
-                if prev is None or _when(consent["last_updated_on"]) > _when(
-                    prev["last_updated_on"]
-                ):
-                    found[uid] = consent
+                when = consent["last_updated_on"]
+                if prev is None or _when(when) > _when(prev.last_updated_on):
+                    active = (consent["status"] or "").lower() == "active"
+                    found[uid] = Consent(active, when)
 
     group: list[str] = []
     for uid in user_ids:
