@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import os
+import random
 import re
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import pyzipper
 import redis
 
 from dataflow import schema
-from dataflow.exhaust import crypto, requests
+from dataflow.exhaust import crypto, requests, sources
 from dataflow.exhaust import settings as exhaust_settings
 from dataflow.exhaust.__main__ import request_data
 from dataflow.exhaust.runner import Worker
@@ -268,6 +269,41 @@ def test_filters_on_district_organisation_and_dates(world):
     world.run_once()
     got = lines(world.csv_of("rf"))
     assert [line.split(",")[0] for line in got[1:]] == [a]
+
+
+def test_partition_read_in_ranges_returns_every_row_once(world, monkeypatch):
+    pid = "p-ranges"
+    shapes = ["", "0", "1", "10", "9", ":", "A-upper", "Z", "`", "a", "e~", "f", "ff", "g", "zz",
+              "é-unicode", "\U0001f600"]  # fmt: skip
+    uids = shapes + [str(uuid.UUID(int=random.Random(n).getrandbits(128))) for n in range(300)]
+    for uid in uids:
+        world.enrol(pid, uid, pii=False)
+    monkeypatch.setattr(sources, "PAGE", 7)  # many pages per range
+    worker = world.worker()
+    try:
+        rows = sources.enrolments(worker.cassandra(), world.ks, "program_enrollment", pid)
+        got = [row["user_id"] for row in rows]
+    finally:
+        worker.close()
+    assert sorted(got) == sorted(uids)
+
+
+def test_consent_filter_on_a_column_the_report_does_not_show(world):
+    """A consent row failing a user_consent filter counts as no consent."""
+    pid = "p-cfilter"
+    a, b = ids(2)
+    for uid, consumer in ((a, "org-1"), (b, "org-2")):
+        world.enrol(pid, uid, pii=True, locations=LOC_A)
+        world.give_consent(uid, pid, "ACTIVE", dt.datetime(2023, 1, 1), consumer=consumer)
+        world.cache(uid, firstname=f"N{consumer}")
+    data = request_data(pid, [])
+    data["params"]["filters"][1]["table_filters"].append(
+        {"name": "consumer_id", "operator": "=", "value": "org-1"}
+    )
+    world.submit("rc", data)
+    assert world.run_once() == (1, 0)
+    got = [line.split(",")[:5] for line in lines(world.csv_of("rc"))[1:]]
+    assert got == [[a, "'Norg-1'", "", "", "Yes"], [b, "", "", "", "No"]]
 
 
 @pytest.mark.parametrize(
