@@ -37,10 +37,17 @@ def world(n: int, seed: int = 3):
     return rows, consents, pii, bad
 
 
-def write(tmp_path, rows, consents, pii, name="r.csv"):
+def write(tmp_path, rows, consents, pii, name="r.csv", asked=None):
+    """The CSV and counts; ``asked`` collects the user ids of each user-cache lookup."""
+
+    def lookup(uids: list[str]) -> dict[str, tuple]:
+        if asked is not None:
+            asked.append(list(uids))
+        return {uid: pii[uid] for uid in uids if uid in pii}
+
     counts = report.Counts()
     path = tmp_path / name
-    report.write_csv(path, rows, consents, pii, SALT, counts)
+    report.write_csv(path, rows, consents, lookup, SALT, counts)
     return path.read_bytes().decode("utf-8"), counts
 
 
@@ -48,11 +55,16 @@ def test_chunked_writing_equals_one_chunk_and_counts_what_it_saw(tmp_path, monke
     rows, consents, pii, bad = world(60)
     whole, counts = write(tmp_path, rows, consents, pii, "whole.csv")
     monkeypatch.setattr(report, "CHUNK", 7)
-    chunked, chunked_counts = write(tmp_path, rows, consents, pii, "chunked.csv")
+    asked: list[list[str]] = []
+    chunked, chunked_counts = write(tmp_path, rows, consents, pii, "chunked.csv", asked)
     assert chunked == whole
     assert chunked_counts == counts
     active = {uid for uid, consent in consents.items() if consent.active}
     consenting = [item[1] for item in rows.items if item[0] and item[1] in active]
+    # The cache is asked chunk by chunk, for consenting users only, each of them once.
+    assert len(asked) > 1
+    assert all(0 < len(uids) <= 7 for uids in asked)
+    assert sorted(uid for uids in asked for uid in uids) == sorted(consenting)
     assert counts.consenting == len(consenting)
     assert counts.missing_in_cache == sum(uid not in pii for uid in consenting)
     assert counts.undecryptable == bad > 0
