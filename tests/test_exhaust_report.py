@@ -7,6 +7,8 @@ import datetime as dt
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dataflow.exhaust import crypto, layout, report
 from dataflow.exhaust.sources import Consent
@@ -89,3 +91,16 @@ def test_sorting_by_a_pii_field(tmp_path, monkeypatch, chunk):
     plain_rows, *_ = world(40)
     _, plain_counts = write(tmp_path, plain_rows, consents, pii, "plain.csv")
     assert counts == plain_counts
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.one_of(
+        st.datetimes(),
+        st.datetimes(timezones=st.timezones()),
+        st.datetimes(min_value=dt.datetime(1940, 1, 1), max_value=dt.datetime(1950, 1, 1)),
+    )
+)
+def test_consent_date_is_the_day_in_india(when):
+    aware = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+    assert report.consent_date(when) == aware.astimezone(report.IST).strftime("%d/%m/%Y")

@@ -71,11 +71,23 @@ class Rows:
         return len(self.items)
 
 
+# Asia/Kolkata has been UTC+05:30 without change since 15 October 1945: from then on the
+# day is plain arithmetic, not a zoneinfo lookup per row.
+IST_FIXED_FROM = dt.datetime(1945, 10, 15)
+IST_OFFSET = dt.timedelta(hours=5, minutes=30)
+
+
 def consent_date(when) -> str:
+    """The day in India (dd/mm/yyyy) of a timestamp; naive ones are UTC, as Cassandra's are."""
     if not isinstance(when, dt.datetime):
         return ""
-    aware = when if when.tzinfo else when.replace(tzinfo=UTC)
-    return aware.astimezone(IST).strftime("%d/%m/%Y")
+    if when.tzinfo is not None:
+        when = when.astimezone(UTC).replace(tzinfo=None)
+    if when >= IST_FIXED_FROM:
+        local = when + IST_OFFSET
+    else:
+        local = when.replace(tzinfo=UTC).astimezone(IST)
+    return f"{local.day:02d}/{local.month:02d}/{local.year}"
 
 
 def full_name(first, last) -> str:
