@@ -36,6 +36,16 @@ class Counts:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+# The enrolment columns after user_id in ROW_FIELDS order, as the table names them.
+SHARED_COLUMNS = (
+    "program_name",
+    "program_externalid",
+    "user_type",
+    "user_sub_type",
+    "organisation_name",
+)
+
+
 class Rows:
     """The filtered enrolment rows of one report, compactly."""
 
@@ -52,17 +62,19 @@ class Rows:
         return self._texts.setdefault(text, text)
 
     def add(self, row: dict) -> None:
+        # A report holds up to millions of rows: repeated texts are stored once, and this
+        # runs once per row, so it avoids a call per field.
+        texts, share = self._texts, self._share
         locations = row.get("user_locations") or {}
-        values = (
-            row["user_id"],
-            self._share(row.get("program_name")),
-            self._share(row.get("program_externalid")),
-            self._share(row.get("user_type")),
-            self._share(row.get("user_sub_type")),
-            self._share(row.get("organisation_name")),
-            *(self._share(locations.get(k)) for k in self.layout.location_keys),
+        values = [row.get(name) for name in SHARED_COLUMNS]
+        values += [locations.get(key) for key in self.layout.location_keys]
+        self.items.append(
+            (
+                row.get("pii_consent_required") is True,
+                row["user_id"],
+                *[texts.setdefault(v, v) if type(v) is str else share(v) for v in values],
+            )
         )
-        self.items.append((row.get("pii_consent_required") is True, *values))
 
     def needing_consent(self) -> list[str]:
         return [item[1] for item in self.items if item[0]]
