@@ -104,3 +104,22 @@ def test_sorting_by_a_pii_field(tmp_path, monkeypatch, chunk):
 def test_consent_date_is_the_day_in_india(when):
     aware = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
     assert report.consent_date(when) == aware.astimezone(report.IST).strftime("%d/%m/%Y")
+
+
+def test_collector_paused_restores_the_collector_state():
+    import gc
+
+    from dataflow.exhaust.runner import collector_paused
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), collector_paused():
+        assert not gc.isenabled()
+        raise RuntimeError("a failing report")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # it was off before: it stays off
+    finally:
+        gc.enable()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
@@ -19,6 +22,23 @@ from dataflow.sink import connect as cassandra_connect
 
 log = logging.getLogger("dataflow.exhaust")
 FOLDER = "program-user-exhaust"
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a report is built.
+
+    A report keeps millions of objects alive until it is written; the collector's passes
+    over them took as long as reading the rows themselves (1M rows: 39 s with it, 21 s
+    without). Reference counting still frees everything else; cycles wait until the end.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class ReportFailed(RuntimeError):
@@ -84,7 +104,8 @@ class Worker:
         log.info("request %s%s: attempt %d", claim.request_id, twins, claim.iteration)
         conn = self.postgres()
         try:
-            path, counts = self.build(claim)
+            with collector_paused():
+                path, counts = self.build(claim)
         except (ReportFailed, filters.BadRequest) as exc:
             millis = int((time.monotonic() - start) * 1000)
             requests.fail(conn, claim, str(exc), millis)
