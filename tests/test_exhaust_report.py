@@ -106,20 +106,15 @@ def test_consent_date_is_the_day_in_india(when):
     assert report.consent_date(when) == aware.astimezone(report.IST).strftime("%d/%m/%Y")
 
 
-def test_collector_paused_restores_the_collector_state():
+def test_only_young_collections_while_a_report_is_built():
     import gc
 
-    from dataflow.exhaust.runner import collector_paused
+    from dataflow.exhaust.runner import young_collections_only
 
-    assert gc.isenabled()
-    with pytest.raises(RuntimeError), collector_paused():
-        assert not gc.isenabled()
+    before = gc.get_threshold()
+    with pytest.raises(RuntimeError), young_collections_only():
+        young0, young1, old = gc.get_threshold()
+        assert (young0, young1) == before[:2]
+        assert old > 1_000_000  # no full collection during a report
         raise RuntimeError("a failing report")
-    assert gc.isenabled()
-    gc.disable()
-    try:
-        with collector_paused():
-            assert not gc.isenabled()
-        assert not gc.isenabled()  # it was off before: it stays off
-    finally:
-        gc.enable()
+    assert gc.get_threshold() == before
