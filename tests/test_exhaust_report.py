@@ -118,3 +118,21 @@ def test_only_young_collections_while_a_report_is_built():
         assert old > 1_000_000  # no full collection during a report
         raise RuntimeError("a failing report")
     assert gc.get_threshold() == before
+
+
+def test_plain_map_of_the_drivers_map_and_of_any_mapping():
+    from types import MappingProxyType
+
+    from cassandra.cqltypes import UTF8Type
+    from cassandra.util import OrderedMapSerializedKey
+
+    from dataflow.exhaust.sources import plain_map
+
+    driver_map = OrderedMapSerializedKey(UTF8Type, 4)
+    pairs = {"district_name": "Bengaluru", "block_name": "North", "é": ""}
+    for key, value in pairs.items():
+        driver_map._insert(key, value)
+    assert plain_map(driver_map) == pairs
+    assert type(plain_map(driver_map)) is dict
+    assert plain_map(MappingProxyType(pairs)) == pairs
+    assert plain_map(None) is None
