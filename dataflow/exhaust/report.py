@@ -106,6 +106,13 @@ def full_name(first, last) -> str:
     return " ".join(p for p in (first, last) if p)
 
 
+def render(value: str, quoted: bool) -> str:
+    """A cell as written: quoted when the model config says so, formulas neutralised."""
+    if value and quoted:
+        value = f"'{value}'"
+    return safe_cell(value)
+
+
 def safe_cell(value: str) -> str:
     """Neutralise spreadsheet formulas: a leading ' makes the cell text."""
     return "'" + value if value.startswith(FORMULA_STARTS) else value
@@ -171,20 +178,35 @@ def write_csv(
     layout = rows.layout if any(i[0] for i in rows.items) else rows.layout.without_pii()
     at_row = {name: n + 1 for n, name in enumerate(rows.fields)}
     at_person = {name: n for n, name in enumerate(PII_FIELDS)}
-    # Where each column's value comes from: the personal cells, else the compact row, else
-    # nowhere (blank).
-    plan = [
-        (at_person.get(name), at_row.get(name), name in layout.quoted)
-        for _label, name in layout.columns
-    ]
+    # Per column: the value comes from the personal cells, the compact row or nowhere (blank),
+    # quoted or not.
+    # Row texts other than the user id repeat across rows, so their rendered cells are
+    # remembered instead of rendered again for each of a million rows.
+    plan = []
+    for _label, name in layout.columns:
+        quoted = name in layout.quoted
+        if name in at_person:
+            plan.append((True, at_person[name], None, quoted))
+        elif name in at_row:
+            memo = None if name == "user_id" else {}
+            plan.append((False, at_row[name], memo, quoted))
+        else:
+            plan.append((None, 0, None, quoted))
 
     def line(item: tuple, person: list[str]) -> list[str]:
         out = []
-        for p_at, r_at, quoted in plan:
-            value = person[p_at] if p_at is not None else item[r_at] if r_at is not None else ""
-            if value and quoted:
-                value = f"'{value}'"
-            out.append(safe_cell(value))
+        for from_person, at, memo, quoted in plan:
+            if from_person is None:
+                out.append("")
+                continue
+            value = person[at] if from_person else item[at]
+            if memo is not None:
+                known = memo.get(value)
+                if known is None:
+                    known = memo[value] = render(value, quoted)
+                out.append(known)
+            else:
+                out.append(render(value, quoted))
         return out
 
     # Blank first, by code point: Python's str order. Only the keys are held, not the lines.
