@@ -278,7 +278,7 @@ def test_partition_read_in_ranges_returns_every_row_once(world, monkeypatch):
     uids = shapes + [str(uuid.UUID(int=random.Random(n).getrandbits(128))) for n in range(300)]
     for uid in uids:
         world.enrol(pid, uid, pii=False)
-    monkeypatch.setattr(sources, "PAGE", 7)  # many pages per range
+    monkeypatch.setattr(sources, "RANGE_PAGE", 7)  # many pages per range
     worker = world.worker()
     try:
         rows = sources.enrolments(worker.cassandra(), world.ks, "program_enrollment", pid)

@@ -31,6 +31,8 @@ CONSENT_FIELDS = ("user_id", "object_id", "status", "last_updated_on")
 PII_FIELDS = ("firstname", "lastname", "email", "phone")
 TUPLES = "pui-exhaust-tuples"
 PAGE = 5000
+# Rows per page of each of the 16 ranges read at once: 16 pages are decoded and held at a time.
+RANGE_PAGE = 1000
 CONCURRENCY = 16
 USERS_PER_QUERY = 100
 REDIS_CHUNK = 1000
@@ -78,7 +80,7 @@ def enrolments(session, keyspace: str, table: str, program_id: str) -> Iterator[
             f"SELECT {ENROLMENT_SELECT} FROM {keyspace}.{table} "
             f"WHERE program_id = ? AND {condition}"
         )
-        stmt.fetch_size = PAGE
+        stmt.fetch_size = RANGE_PAGE
         future = session.execute_async(
             stmt, (program_id, *bounds), timeout=120, execution_profile=TUPLES
         )
