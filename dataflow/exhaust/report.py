@@ -127,14 +127,8 @@ def personal_cells(
     and phone among them is decrypted in one batch: per-value decryption cost three cipher
     calls each and was most of a PII report's CSV time.
     """
-    consenting = [
-        item[1]
-        for item in items
-        if item[0] and (c := consents.get(item[1])) is not None and c.active
-    ]
-    pii = lookup(consenting) if consenting else {}
     cells = []
-    encrypted: list[tuple[list[str], int, str]] = []  # (cells of a row, slot, ciphertext)
+    consenting: list[tuple[list[str], str]] = []  # (cells of a row, user id)
     for item in items:
         row = ["", "", "", "No", ""]  # username, phone, email, consentflag, consentprovideddate
         if item[0]:
@@ -143,18 +137,22 @@ def personal_cells(
                 row[4] = consent_date(consent.last_updated_on)
                 if consent.active:
                     row[3] = "Yes"
-                    tally.consenting += 1
-                    cached = pii.get(item[1])
-                    if cached is None:
-                        tally.missing_in_cache += 1
-                    else:
-                        first, last, enc_email, enc_phone = cached
-                        row[0] = full_name(first, last)
-                        if enc_phone:
-                            encrypted.append((row, 1, enc_phone))
-                        if enc_email:
-                            encrypted.append((row, 2, enc_email))
+                    consenting.append((row, item[1]))
         cells.append(row)
+    tally.consenting += len(consenting)
+    pii = lookup([uid for _, uid in consenting]) if consenting else {}
+    encrypted: list[tuple[list[str], int, str]] = []  # (cells of a row, slot, ciphertext)
+    for row, uid in consenting:
+        cached = pii.get(uid)
+        if cached is None:
+            tally.missing_in_cache += 1
+            continue
+        first, last, enc_email, enc_phone = cached
+        row[0] = full_name(first, last)
+        if enc_phone:
+            encrypted.append((row, 1, enc_phone))
+        if enc_email:
+            encrypted.append((row, 2, enc_email))
     plain = crypto.decrypt_many([value for _, _, value in encrypted], salt)
     for (row, slot, _), text in zip(encrypted, plain, strict=True):
         if text is None:
@@ -179,9 +177,8 @@ def write_csv(
     at_row = {name: n + 1 for n, name in enumerate(rows.fields)}
     at_person = {name: n for n, name in enumerate(PII_FIELDS)}
     # Per column: the value comes from the personal cells, the compact row or nowhere (blank),
-    # quoted or not.
-    # Row texts other than the user id repeat across rows, so their rendered cells are
-    # remembered instead of rendered again for each of a million rows.
+    # quoted or not. Row texts other than the user id repeat across rows, so their rendered
+    # cells are remembered instead of rendered again for each of a million rows.
     plan = []
     for _label, name in layout.columns:
         quoted = name in layout.quoted
