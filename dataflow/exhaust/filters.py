@@ -87,6 +87,7 @@ class Predicate:
 @dataclass
 class Request:
     program_id: str
+    # Tests on the program's rows besides program_id = program_id, which the read itself ensures.
     enrolment: list[Predicate] = field(default_factory=list)
     consent: list[Predicate] = field(default_factory=list)
     title: str = ""
@@ -155,10 +156,16 @@ def parse(request_data: Any) -> Request:
         if not isinstance(items, list):
             raise BadRequest(f"the filters of {table} are not a list")
         target.extend(_predicate(item, columns, table) for item in items)
-    programs = {p.value for p in enrolment if p.column == "program_id" and p.op in ("=", "==")}
+
+    def names_the_program(p: Predicate) -> bool:
+        return p.column == "program_id" and p.op in ("=", "==")
+
+    programs = {p.value for p in enrolment if names_the_program(p)}
     if len(programs) != 1:
         raise BadRequest("the request needs exactly one program_id filter with operator =")
     (program_id,) = programs
+    # Only that program's partition is read: its equality tests hold for every row read.
+    enrolment = [p for p in enrolment if not names_the_program(p)]
     for p in consent:
         if p.column == "object_id" and p.op in ("=", "==") and p.value != program_id:
             raise BadRequest("the user_consent object_id filter differs from the program_id")

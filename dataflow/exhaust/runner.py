@@ -148,12 +148,6 @@ class Worker:
         try:
             session = self.cassandra()
             rows = Rows(self.layout)
-            # The read is of the program's partition: its own equality test is already true.
-            tests = [
-                p
-                for p in request.enrolment
-                if not (p.column == "program_id" and p.op in ("=", "==") and p.key is None)
-            ]
             with young_collections_only():
                 for row in sources.enrolments(
                     session,
@@ -161,7 +155,7 @@ class Worker:
                     s.cassandra.cassandra_table,
                     request.program_id,
                 ):
-                    if all(p.test(row) for p in tests):
+                    if all(p.test(row) for p in request.enrolment):
                         rows.add(row)
             # The rows live until the file is written: later collections need not walk them.
             gc.freeze()
