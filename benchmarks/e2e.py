@@ -46,6 +46,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from dataflow import config
 from dataflow.bootstrap import bootstrap_cassandra
+from dataflow.cassandra_session import connect
 from dataflow.cassandra_writer import MAX_BATCH_ROWS
 from dataflow.flatten import NOT_WRITTEN, engine_function
 from dataflow.kafka_admin import ensure_topics
@@ -53,7 +54,6 @@ from dataflow.produce import publish
 from dataflow.sample_events import generate
 from dataflow.schema import program_enrollment_ddl
 from dataflow.show import topic_sizes
-from dataflow.sink import connect
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -28,9 +28,9 @@ from cassandra.concurrent import execute_concurrent_with_args
 
 from benchmarks.e2e import hwm_mib
 from dataflow import config, schema
+from dataflow.cassandra_session import connect
 from dataflow.exhaust import crypto, requests
 from dataflow.exhaust.__main__ import request_data
-from dataflow.sink import connect
 
 ROOT = Path(__file__).resolve().parents[1]
 SALT = "bench-salt"

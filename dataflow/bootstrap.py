@@ -17,7 +17,7 @@ log = logging.getLogger("dataflow.bootstrap")
 
 
 def bootstrap_cassandra(settings: config.Settings, wait: float = 120.0) -> None:
-    from dataflow.sink import connect
+    from dataflow.cassandra_session import connect
 
     cluster, session = connect(settings, wait=wait)
     try:

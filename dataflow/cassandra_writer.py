@@ -19,10 +19,10 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
 from cassandra import InvalidRequest
-from cassandra.cluster import NoHostAvailable
 from cassandra.query import BatchStatement, BatchType
 
 from dataflow import metrics
+from dataflow.cassandra_session import describe
 
 log = logging.getLogger("dataflow.sink")
 
@@ -43,13 +43,6 @@ def is_permanent(exc: BaseException) -> bool:
 def _binding_error(exc: BaseException) -> bool:
     """A row's values that the driver cannot serialise for its columns."""
     return isinstance(exc, TypeError | ValueError | OverflowError)
-
-
-def describe(exc: BaseException) -> str:
-    """One line for logs and failed-topic details (per-host reasons when no host answered)."""
-    if isinstance(exc, NoHostAvailable) and exc.errors:
-        return "; ".join(f"{host}: {err}" for host, err in exc.errors.items())[:300]
-    return (str(exc) or type(exc).__name__)[:300]
 
 
 @dataclass(slots=True)

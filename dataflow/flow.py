@@ -8,8 +8,9 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
 from dataflow import config, metrics
+from dataflow.cassandra_session import connect
 from dataflow.flatten_step import Flattener
-from dataflow.sink import CassandraSink, connect
+from dataflow.sink import CassandraSink
 from dataflow.source import KafkaBatchSource, list_partitions
 
 log = logging.getLogger("dataflow")

@@ -8,7 +8,7 @@ import sys
 from confluent_kafka import Consumer, TopicPartition
 
 from dataflow import config
-from dataflow.sink import connect
+from dataflow.cassandra_session import connect
 from dataflow.source import consumer_config, list_partitions
 
 

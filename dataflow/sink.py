@@ -17,20 +17,12 @@ from collections import deque
 from typing import ClassVar
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
-from cassandra import AuthenticationFailed, ConsistencyLevel
-from cassandra.auth import PlainTextAuthProvider
-from cassandra.cluster import (
-    EXEC_PROFILE_DEFAULT,
-    Cluster,
-    ExecutionProfile,
-    NoHostAvailable,
-    Session,
-)
-from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra import ConsistencyLevel
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from dataflow import metrics
-from dataflow.cassandra_writer import PipelinedWriter, Ticket, Write, describe
+from dataflow.cassandra_session import connect
+from dataflow.cassandra_writer import PipelinedWriter, Ticket, Write
 from dataflow.config import Settings
 from dataflow.failed import FailedTopicPublisher
 from dataflow.flatten import COLUMNS, DELETE, REJECT, UPSERT
@@ -40,51 +32,6 @@ from dataflow.source import NO_TIMESTAMP, partition_names
 log = logging.getLogger("dataflow.sink")
 
 CASSANDRA_REJECTED = "cassandra_rejected"
-
-
-def connect(settings: Settings, *, wait: float | None = None) -> tuple[Cluster, Session]:
-    """Connect to Cassandra, retrying while it is unavailable (forever when ``wait`` is None)."""
-    auth = None
-    if settings.cassandra_username:
-        auth = PlainTextAuthProvider(settings.cassandra_username, settings.cassandra_password)
-    profile = ExecutionProfile(
-        load_balancing_policy=TokenAwarePolicy(
-            DCAwareRoundRobinPolicy(local_dc=settings.cassandra_local_dc)
-        ),
-        consistency_level=ConsistencyLevel.name_to_value[settings.cassandra_consistency],
-    )
-    deadline = None if wait is None else time.monotonic() + wait
-    attempt = 0
-    while True:
-        cluster = Cluster(
-            list(settings.cassandra_hosts),
-            port=settings.cassandra_port,
-            auth_provider=auth,
-            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
-            # v5 wraps every frame in CRC-checked segments that the driver computes in
-            # Python (a tenth of the job's CPU in a profile); v4 has everything we use.
-            protocol_version=4,
-            connect_timeout=10,
-        )
-        try:
-            return cluster, cluster.connect()
-        except NoHostAvailable as exc:
-            cluster.shutdown()
-            if any(isinstance(e, AuthenticationFailed) for e in exc.errors.values()):
-                # Waiting does not fix a wrong password: say so now, naming the settings.
-                raise ConnectionError(
-                    "Cassandra rejected the credentials: check PUI_CASSANDRA_USERNAME "
-                    f"({settings.cassandra_username or 'not set'}) and PUI_CASSANDRA_PASSWORD"
-                ) from None
-            attempt += 1
-            if deadline is not None and time.monotonic() >= deadline:
-                raise ConnectionError(
-                    f"Cassandra is not reachable at {','.join(settings.cassandra_hosts)}:"
-                    f"{settings.cassandra_port}: {describe(exc)}"
-                ) from None
-            pause = min(2**attempt, 30)
-            log.warning("Cassandra not reachable (%s); retrying in %ds", describe(exc), pause)
-            time.sleep(pause)
 
 
 def now_us() -> int:

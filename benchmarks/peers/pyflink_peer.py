@@ -36,11 +36,11 @@ from benchmarks.e2e import (
 )
 from dataflow import config
 from dataflow.bootstrap import bootstrap_cassandra
+from dataflow.cassandra_session import connect
 from dataflow.flatten import COLUMNS
 from dataflow.kafka_admin import ensure_topics
 from dataflow.produce import publish
 from dataflow.sample_events import generate
-from dataflow.sink import connect
 
 PYFLINK = "apache-flink==1.20.3"
 MAVEN = "https://repo1.maven.org/maven2"

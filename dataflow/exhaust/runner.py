@@ -15,10 +15,10 @@ import redis
 from cassandra import ConsistencyLevel
 from tqdm import tqdm
 
+from dataflow.cassandra_session import connect as cassandra_connect
 from dataflow.exhaust import archive, filters, layout, requests, sources
 from dataflow.exhaust.report import IST, Counts, Rows, write_csv
 from dataflow.exhaust.settings import ExhaustSettings
-from dataflow.sink import connect as cassandra_connect
 
 log = logging.getLogger("dataflow.exhaust")
 FOLDER = "program-user-exhaust"
