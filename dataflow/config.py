@@ -37,6 +37,7 @@ ENV_VARS: tuple[str, ...] = (
     "PUI_METRICS_PORT",
     "PUI_LOG_INTERVAL",
     "PUI_LOG_LEVEL",
+    "PUI_PRODUCE_TIMEOUT",
 )
 # Any librdkafka setting: PUI_KAFKA_CONFIG_SASL_MECHANISM=PLAIN -> sasl.mechanism=PLAIN.
 KAFKA_CONFIG_PREFIX = "PUI_KAFKA_CONFIG_"
@@ -99,6 +100,8 @@ class Settings:
     metrics_port: int = 9100
     log_interval: float = 30.0
     log_level: str = "INFO"
+    # Seconds python -m dataflow.produce waits for every delivery report.
+    produce_timeout: float = 30.0
 
     def describe(self) -> str:
         """One line per setting, secrets masked: safe to log."""
@@ -280,6 +283,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         metrics_port=_parse_int("PUI_METRICS_PORT", env.get("PUI_METRICS_PORT", "9100"), 0, 65535),
         log_interval=_parse_float("PUI_LOG_INTERVAL", env.get("PUI_LOG_INTERVAL", "30"), 0.0),
         log_level=log_level,
+        produce_timeout=_parse_float(
+            "PUI_PRODUCE_TIMEOUT", env.get("PUI_PRODUCE_TIMEOUT", "30"), 1.0
+        ),
     )
 
 

@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 from tqdm import tqdm
 
 from dataflow import config
@@ -18,6 +18,7 @@ from dataflow.sample_events import generate
 
 
 def producer(settings: config.Settings) -> Producer:
+    timeout_ms = int(settings.produce_timeout * 1000)
     return Producer(
         {
             "bootstrap.servers": settings.kafka_brokers,
@@ -25,6 +26,9 @@ def producer(settings: config.Settings) -> Producer:
             "batch.num.messages": 10000,
             "compression.type": "lz4",
             "message.max.bytes": 10 * 1024 * 1024,
+            # A message not acknowledged within the timeout gets a failed delivery report
+            # instead of waiting for librdkafka's five-minute default.
+            "message.timeout.ms": timeout_ms,
             **{
                 k: v
                 for k, v in settings.kafka_extra.items()
@@ -32,6 +36,18 @@ def producer(settings: config.Settings) -> Producer:
             },
         }
     )
+
+
+class NotDelivered(RuntimeError):
+    """Some messages were not acknowledged by Kafka."""
+
+    def __init__(self, topic: str, brokers: str, sent: int, failed: int, first: str | None):
+        self.sent = sent
+        self.failed = failed
+        super().__init__(
+            f"{failed} of {sent} event(s) were not delivered to {topic} on {brokers}"
+            + (f" (first error: {first})" if first else " (no delivery report in time)")
+        )
 
 
 def publish(
@@ -42,14 +58,21 @@ def publish(
     total: int | None = None,
     progress: bool = True,
 ) -> int:
-    """Send ``values`` (bytes) to ``topic``; returns how many were acknowledged."""
+    """Send ``values`` (bytes) to ``topic``; returns how many Kafka acknowledged.
+
+    Raises :class:`NotDelivered` unless every message got a successful delivery report within
+    ``settings.produce_timeout`` seconds of being produced."""
     prod = producer(settings)
-    errors: list[str] = []
+    delivered = 0
+    first_error: list[str] = []
     sent = 0
 
     def on_delivery(err, _msg):
-        if err is not None:
-            errors.append(err.str())
+        nonlocal delivered
+        if err is None:
+            delivered += 1
+        elif not first_error:
+            first_error.append(err.str())
 
     with tqdm(
         total=total, unit="ev", disable=not progress, file=sys.stderr, desc=f"-> {topic}"
@@ -61,14 +84,22 @@ def publish(
                     break
                 except BufferError:
                     prod.poll(0.05)
+                except KafkaException as exc:
+                    # Refused before sending (e.g. larger than message.max.bytes).
+                    if not first_error:
+                        first_error.append(exc.args[0].str())
+                    break
             sent += 1
             if sent % 1000 == 0:
                 prod.poll(0)
                 bar.update(1000)
         bar.update(sent % 1000)
-        prod.flush(120)
-    if errors:
-        raise RuntimeError(f"{len(errors)} event(s) were not delivered, first: {errors[0]}")
+        # Every message times out after message.timeout.ms, so this returns in bounded time;
+        # the margin covers the last batch's linger and report delivery.
+        prod.flush(settings.produce_timeout + 5)
+    if delivered != sent:
+        first = first_error[0] if first_error else None
+        raise NotDelivered(topic, settings.kafka_brokers, sent, sent - delivered, first)
     return sent
 
 
