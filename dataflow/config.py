@@ -37,6 +37,7 @@ ENV_VARS: tuple[str, ...] = (
     "PUI_METRICS_PORT",
     "PUI_LOG_INTERVAL",
     "PUI_LOG_LEVEL",
+    "PUI_WRITE_TIMESTAMP_OFFSET",
     "PUI_PRODUCE_TIMEOUT",
 )
 # Any librdkafka setting: PUI_KAFKA_CONFIG_SASL_MECHANISM=PLAIN -> sasl.mechanism=PLAIN.
@@ -100,6 +101,8 @@ class Settings:
     metrics_port: int = 9100
     log_interval: float = 30.0
     log_level: str = "INFO"
+    # Added to every write timestamp, for a table taken over from Sunbird's job (spec §3.4).
+    write_timestamp_offset_us: int = 0
     # Seconds python -m dataflow.produce waits for every delivery report.
     produce_timeout: float = 30.0
 
@@ -146,6 +149,32 @@ def _parse_float(name: str, raw: str, low: float) -> float:
         raise ConfigError(f"{name} must be a number, not {raw!r}") from None
     if value < low:
         raise ConfigError(f"{name} must be at least {low}, not {value}")
+    return value
+
+
+_DURATION_UNITS_US = {"d": 86_400_000_000, "h": 3_600_000_000, "m": 60_000_000, "s": 1_000_000}
+_DURATION = re.compile(r"(\d{1,12})([dhms])", re.ASCII)
+# Ten years: far beyond any consumer lag, and a bound that keeps a typo from pushing every
+# stamp into the next millennium.
+MAX_WRITE_TIMESTAMP_OFFSET_US = 3650 * _DURATION_UNITS_US["d"]
+
+
+def _parse_offset_us(name: str, raw: str) -> int:
+    """A duration such as ``2h``, ``90m``, ``1d12h``, ``30s``, or an integer of microseconds."""
+    text = str(raw).strip().lower()
+    if text.startswith("-"):
+        raise ConfigError(f"{name} must not be negative, not {raw!r}")
+    if re.fullmatch(r"\+?\d{1,19}", text, re.ASCII):
+        value = int(text)
+    elif text and _DURATION.sub("", text) == "":
+        value = sum(int(n) * _DURATION_UNITS_US[u] for n, u in _DURATION.findall(text))
+    else:
+        raise ConfigError(
+            f"{name} must be a duration such as 2h, 90m, 30s or 1d, or an integer of "
+            f"microseconds, not {raw!r}"
+        )
+    if value > MAX_WRITE_TIMESTAMP_OFFSET_US:
+        raise ConfigError(f"{name} must be at most 3650d, not {raw!r}")
     return value
 
 
@@ -283,6 +312,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         metrics_port=_parse_int("PUI_METRICS_PORT", env.get("PUI_METRICS_PORT", "9100"), 0, 65535),
         log_interval=_parse_float("PUI_LOG_INTERVAL", env.get("PUI_LOG_INTERVAL", "30"), 0.0),
         log_level=log_level,
+        write_timestamp_offset_us=_parse_offset_us(
+            "PUI_WRITE_TIMESTAMP_OFFSET", env.get("PUI_WRITE_TIMESTAMP_OFFSET") or "0"
+        ),
         produce_timeout=_parse_float(
             "PUI_PRODUCE_TIMEOUT", env.get("PUI_PRODUCE_TIMEOUT", "30"), 1.0
         ),

@@ -27,6 +27,7 @@ def build_flow(settings: config.Settings | None = None) -> Dataflow:
         settings.failed_topic,
         settings.group_id,
     )
+    log.info("write-timestamp offset %d µs", settings.write_timestamp_offset_us)
     check_ready(settings)
     metrics.start(settings.metrics_port, settings.log_interval)
 

@@ -28,6 +28,7 @@ from dataflow.failed import FailedTopicPublisher
 from dataflow.flatten import COLUMNS, DELETE, REJECT, UPSERT
 from dataflow.flatten_step import FlatBatch
 from dataflow.source import NO_TIMESTAMP, partition_names
+from dataflow.write_time import write_timestamp
 
 log = logging.getLogger("dataflow.sink")
 
@@ -132,6 +133,7 @@ class _CassandraSinkPartition(StatefulSinkPartition):
     def write_batch(self, items: list[FlatBatch]) -> None:
         conn = self._conn
         clock = now_us()
+        offset = conn.settings.write_timestamp_offset_us
         for fb in items:
             writes: list[Write] = []
             stamps = fb.source.timestamps
@@ -141,10 +143,7 @@ class _CassandraSinkPartition(StatefulSinkPartition):
                     self._reject(fb, i, payload, ts)
                     rejected = True
                     continue
-                if ts is None:
-                    ts = stamps[i] * 1000 if stamps[i] != NO_TIMESTAMP else clock
-                if ts > clock:
-                    ts = clock
+                ts = write_timestamp(ts, stamps[i], clock, offset)
                 if op == UPSERT:
                     if flag:
                         metrics.INVALID_DATES.inc()
