@@ -7,7 +7,7 @@ import time
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from dataflow import metrics
+from dataflow import kafka_config, metrics
 from dataflow.config import Settings
 
 log = logging.getLogger("dataflow.failed")
@@ -30,22 +30,7 @@ TRUNCATED_KEEP = 64 * 1024
 
 
 def producer_config(settings: Settings) -> dict:
-    config = {
-        "bootstrap.servers": settings.kafka_brokers,
-        "client.id": f"program-user-info-failed-{settings.env}",
-        "enable.idempotence": True,
-        "linger.ms": 20,
-        # Large rejected messages (up to the size limit) must still be publishable.
-        "message.max.bytes": MAX_FAILED_BYTES + 65536,
-    }
-    config.update(
-        {
-            k: v
-            for k, v in settings.kafka_extra.items()
-            if k.startswith(("security.", "sasl.", "ssl.", "client."))
-        }
-    )
-    return config
+    return kafka_config.failed_producer(settings, MAX_FAILED_BYTES + 65536)
 
 
 class FailedTopicPublisher:

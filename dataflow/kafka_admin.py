@@ -7,9 +7,9 @@ import logging
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from dataflow import kafka_config
 from dataflow.config import Settings
 from dataflow.failed import MAX_FAILED_BYTES
-from dataflow.source import admin_config
 
 log = logging.getLogger("dataflow.kafka_admin")
 
@@ -22,7 +22,7 @@ def ensure_topic(
     config: dict[str, str] | None = None,
 ) -> bool:
     """Create ``topic`` unless it exists; returns True when it was created."""
-    admin = AdminClient(admin_config(settings))
+    admin = AdminClient(kafka_config.admin(settings))
     future = admin.create_topics(
         [
             NewTopic(

@@ -13,29 +13,12 @@ import sys
 from confluent_kafka import KafkaException, Producer
 from tqdm import tqdm
 
-from dataflow import config
+from dataflow import config, kafka_config
 from dataflow.sample_events import generate
 
 
 def producer(settings: config.Settings) -> Producer:
-    timeout_ms = int(settings.produce_timeout * 1000)
-    return Producer(
-        {
-            "bootstrap.servers": settings.kafka_brokers,
-            "linger.ms": 20,
-            "batch.num.messages": 10000,
-            "compression.type": "lz4",
-            "message.max.bytes": 10 * 1024 * 1024,
-            # A message not acknowledged within the timeout gets a failed delivery report
-            # instead of waiting for librdkafka's five-minute default.
-            "message.timeout.ms": timeout_ms,
-            **{
-                k: v
-                for k, v in settings.kafka_extra.items()
-                if k.startswith(("security.", "sasl.", "ssl.", "client."))
-            },
-        }
-    )
+    return Producer(kafka_config.cli_producer(settings))
 
 
 class NotDelivered(RuntimeError):

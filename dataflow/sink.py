@@ -20,7 +20,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from cassandra import ConsistencyLevel
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from dataflow import metrics
+from dataflow import kafka_config, metrics
 from dataflow.cassandra_session import connect
 from dataflow.cassandra_writer import PipelinedWriter, Ticket, Write
 from dataflow.config import Settings
@@ -106,14 +106,7 @@ class _Connection:
             stmt.is_idempotent = True
         self.writer = PipelinedWriter(session, consistency, settings.cassandra_concurrency)
         self.failed = FailedTopicPublisher(settings)
-        self.committer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka_brokers,
-                "group.id": settings.group_id,
-                "enable.auto.commit": False,
-                **settings.kafka_extra,
-            }
-        )
+        self.committer = Consumer(kafka_config.offset_committer(settings))
         log.info("writing to %s (consistency %s)", table, settings.cassandra_consistency)
 
 

@@ -24,7 +24,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from dataflow import metrics
+from dataflow import kafka_config, metrics
 from dataflow.config import Settings
 
 log = logging.getLogger("dataflow.source")
@@ -48,38 +48,12 @@ class MessageBatch:
 
 
 def consumer_config(settings: Settings, *, eof: bool) -> dict:
-    config = {
-        "bootstrap.servers": settings.kafka_brokers,
-        "group.id": settings.group_id,
-        # Offsets are committed by the sink once Cassandra acknowledged the rows.
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "enable.partition.eof": eof,
-        "fetch.min.bytes": 1,
-        "fetch.wait.max.ms": 100,
-        "queued.max.messages.kbytes": 16384,
-        "client.id": f"program-user-info-{settings.env}",
-    }
-    config.update(settings.kafka_extra)
-    return config
-
-
-def admin_config(settings: Settings) -> dict:
-    # Only connection/security settings apply to the admin client.
-    config = {"bootstrap.servers": settings.kafka_brokers}
-    config.update(
-        {
-            k: v
-            for k, v in settings.kafka_extra.items()
-            if k.startswith(("security.", "sasl.", "ssl.", "client."))
-        }
-    )
-    return config
+    return kafka_config.source_consumer(settings, eof=eof)
 
 
 def list_partitions(settings: Settings, timeout: float = 30.0) -> list[int]:
     """Partitions of the input topic; waits for the broker, fails clearly if the topic is absent."""
-    admin = AdminClient(admin_config(settings))
+    admin = AdminClient(kafka_config.admin(settings))
     deadline = time.monotonic() + timeout
     while True:
         try:
