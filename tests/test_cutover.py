@@ -25,7 +25,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from dataflow import config
-from dataflow.show import is_ours
+from dataflow.show import cutover_report, is_ours
 from tests.conftest import require_rust
 from tests.streaming_helpers import (
     ROOT,
@@ -288,6 +288,13 @@ def test_with_the_offset_nothing_is_lost(scenario, engine):
     total, foreign, newest = s.show_cutover()
     assert (total, foreign) == (len(s.expected), len(UNTOUCHED))
     assert newest == max(s.sunbird_stamps[k] for k in UNTOUCHED)
+    # The same across many small pages.
+    paged = cutover_report(s.session, s.settings, page_size=2)
+    assert (paged["rows"], paged["not_ours"], paged["newest_not_ours_us"]) == (
+        total,
+        foreign,
+        newest,
+    )
 
     # (b) a replay of the whole topic from its start ends at the newest state of every row,
     # and then every stamp in the table is ours.
