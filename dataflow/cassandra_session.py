@@ -63,7 +63,10 @@ def connect(settings: Settings, *, wait: float | None = None) -> tuple[Cluster, 
                     f"{settings.cassandra_port}: {describe(exc)}"
                 ) from None
             pause = min(2**attempt, 30)
-            log.warning("Cassandra not reachable (%s); retrying in %ds", describe(exc), pause)
+            if deadline is not None:
+                # One more attempt right at the deadline rather than a sleep past it.
+                pause = max(min(pause, deadline - time.monotonic()), 0.1)
+            log.warning("Cassandra not reachable (%s); retrying in %.0fs", describe(exc), pause)
             time.sleep(pause)
 
 

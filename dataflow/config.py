@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
@@ -39,6 +40,7 @@ ENV_VARS: tuple[str, ...] = (
     "PUI_LOG_LEVEL",
     "PUI_WRITE_TIMESTAMP_OFFSET",
     "PUI_PRODUCE_TIMEOUT",
+    "PUI_STARTUP_TIMEOUT",
 )
 # Any librdkafka setting: PUI_KAFKA_CONFIG_SASL_MECHANISM=PLAIN -> sasl.mechanism=PLAIN.
 KAFKA_CONFIG_PREFIX = "PUI_KAFKA_CONFIG_"
@@ -105,6 +107,8 @@ class Settings:
     write_timestamp_offset_us: int = 0
     # Seconds python -m dataflow.produce waits for every delivery report.
     produce_timeout: float = 30.0
+    # Seconds the job waits at start for Kafka and Cassandra before it stops with the cause.
+    startup_timeout: float = 30.0
 
     def describe(self) -> str:
         """One line per setting, secrets masked: safe to log."""
@@ -183,6 +187,42 @@ def _hosts(name: str, raw: str) -> tuple[str, ...]:
     if not hosts:
         raise ConfigError(f"{name} must list at least one host")
     return hosts
+
+
+_REPLICATION_ITEM = re.compile(
+    r"\s*'([A-Za-z0-9_.-]{1,64})'\s*:\s*('([A-Za-z0-9_.-]{1,128})'|\d{1,3})\s*"
+)
+_STRATEGIES = ("SimpleStrategy", "NetworkTopologyStrategy")
+
+
+def _replication(name: str, raw: str) -> str:
+    """A CQL replication map, e.g. ``{'class': 'NetworkTopologyStrategy', 'dc1': '3'}``. It is
+    put into CQL text by the bootstrap, so only plain quoted names and counts pass."""
+    text = raw.strip()
+    example = "e.g. {'class': 'SimpleStrategy', 'replication_factor': '1'}"
+    if not (text.startswith("{") and text.endswith("}")):
+        raise ConfigError(f"{name} must be a CQL replication map ({example}), not {raw!r}")
+    items: dict[str, str] = {}
+    for part in text[1:-1].split(","):
+        match = _REPLICATION_ITEM.fullmatch(part)
+        if match is None:
+            raise ConfigError(
+                f"{name} must be a CQL replication map ({example}): cannot read {part.strip()!r}"
+            )
+        items[match.group(1)] = match.group(3) or match.group(2)
+    strategy = items.pop("class", "").rsplit(".", 1)[-1]
+    if strategy not in _STRATEGIES:
+        raise ConfigError(f"{name}: 'class' must be one of {', '.join(_STRATEGIES)} ({example})")
+    if strategy == "SimpleStrategy" and set(items) != {"replication_factor"}:
+        raise ConfigError(f"{name}: SimpleStrategy takes exactly 'replication_factor' ({example})")
+    if not items:
+        raise ConfigError(f"{name}: NetworkTopologyStrategy needs a replica count per datacenter")
+    for key, value in items.items():
+        if not value.isdigit() or not 1 <= int(value) <= 100:
+            raise ConfigError(
+                f"{name}: {key!r} must be a replica count from 1 to 100, not {value!r}"
+            )
+    return text
 
 
 def _load_hocon(path: str) -> dict[str, str]:
@@ -297,8 +337,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         cassandra_password=password,
         cassandra_local_dc=env.get("PUI_CASSANDRA_LOCAL_DC") or None,
         cassandra_consistency=consistency,
-        cassandra_replication=env.get("PUI_CASSANDRA_REPLICATION")
-        or Settings.cassandra_replication,
+        cassandra_replication=_replication(
+            "PUI_CASSANDRA_REPLICATION",
+            env.get("PUI_CASSANDRA_REPLICATION") or Settings.cassandra_replication,
+        ),
         cassandra_concurrency=_parse_int(
             "PUI_CASSANDRA_CONCURRENCY", env.get("PUI_CASSANDRA_CONCURRENCY", "64"), 1, 2048
         ),
@@ -318,17 +360,38 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         produce_timeout=_parse_float(
             "PUI_PRODUCE_TIMEOUT", env.get("PUI_PRODUCE_TIMEOUT", "30"), 1.0
         ),
+        startup_timeout=_parse_float(
+            "PUI_STARTUP_TIMEOUT", env.get("PUI_STARTUP_TIMEOUT", "30"), 1.0
+        ),
     )
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m dataflow.config",
+        description="Print the streaming job's effective settings (secrets masked), after "
+        "checking every one of them as the job does at start, including the "
+        "PUI_KAFKA_CONFIG_* ones with librdkafka. Settings: " + ", ".join(ENV_VARS) + ", and "
+        f"{KAFKA_CONFIG_PREFIX}<librdkafka key, dots as _>. Exit status 2 names a bad setting.",
+    )
+    parser.parse_args(argv)
     try:
-        print(load().describe())
+        settings = load()
+        from dataflow.kafka_config import validate
+
+        validate(settings)
     except ConfigError as exc:
-        print(f"configuration error: {exc}")
+        print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    print(settings.describe())
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the imported module's main: under -m this file is __main__, and errors raised by
+    # other modules are dataflow.config.ConfigError, not __main__.ConfigError.
+    from dataflow.config import main as _main
+
+    raise SystemExit(_main())

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
-from dataflow import config, metrics
+from dataflow import config, kafka_config, metrics
 from dataflow.cassandra_session import connect
 from dataflow.flatten_step import Flattener
 from dataflow.sink import CassandraSink
@@ -28,6 +29,8 @@ def build_flow(settings: config.Settings | None = None) -> Dataflow:
         settings.group_id,
     )
     log.info("write-timestamp offset %d µs", settings.write_timestamp_offset_us)
+    # librdkafka checks the PUI_KAFKA_CONFIG_* names and values now, not in a worker thread.
+    kafka_config.validate(settings)
     check_ready(settings)
     metrics.start(settings.metrics_port, settings.log_interval)
 
@@ -53,11 +56,13 @@ def configure_logging(level: str) -> None:
 
 
 def check_ready(settings: config.Settings) -> None:
-    """Fail at start, with a message that says what to do, when the topic or table is missing.
-    (Unavailable servers are waited for; missing objects are a setup mistake.)"""
-    partitions = list_partitions(settings, timeout=60)
+    """Fail at start with one line that says what to check: Kafka and Cassandra are each waited
+    for within PUI_STARTUP_TIMEOUT (one budget for both), a missing topic or table is named
+    with the bootstrap command that creates it."""
+    deadline = time.monotonic() + settings.startup_timeout
+    partitions = list_partitions(settings)
     log.info("input topic %s has %d partition(s)", settings.input_topic, len(partitions))
-    cluster, _ = connect(settings)
+    cluster, _ = connect(settings, wait=max(deadline - time.monotonic(), 1.0))
     try:
         ks = cluster.metadata.keyspaces.get(settings.cassandra_keyspace)
         if ks is None or settings.cassandra_table not in ks.tables:

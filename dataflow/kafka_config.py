@@ -44,14 +44,22 @@ class RateLimitedLog:
     confluent-kafka passes (facility, client name, text); lines of the same client, facility
     and level within ``every`` seconds after the first are counted, not written."""
 
-    def __init__(self, logger: logging.Logger = CLIENT_LOG, every: float = LOG_EVERY):
+    def __init__(
+        self,
+        logger: logging.Logger = CLIENT_LOG,
+        every: float = LOG_EVERY,
+        level: int | None = None,
+    ):
         self._logger = logger
         self._every = every
+        # When set, every line is written at this level (a probe whose errors are summarised).
+        self._level = level
         self._lock = threading.Lock()
         # key -> (time the last line was written, lines held back since)
         self._seen: dict[tuple, tuple[float, int]] = {}
 
     def log(self, level: int, fmt: str, *args) -> None:
+        level = self._level or level
         if not self._logger.isEnabledFor(level):
             return
         key = (level, *args[:2])
@@ -160,7 +168,10 @@ def validate(settings: Settings) -> None:
     setting. Nothing connects: librdkafka connects on first use."""
     from confluent_kafka import Consumer, KafkaException, Producer
 
-    quiet = {"logger": RateLimitedLog(logging.getLogger("dataflow.kafka.validate"))}
+    # These clients live a moment; whatever they log is of no use beyond debugging.
+    quiet = {
+        "logger": RateLimitedLog(logging.getLogger("dataflow.kafka.validate"), level=logging.DEBUG)
+    }
     checks = (
         (Consumer, source_consumer(settings, eof=False)),
         (Producer, failed_producer(settings, 1_000_000)),
@@ -243,7 +254,9 @@ def diagnose(errors: list[tuple[str, str]], settings: Settings) -> Diagnosis:
 
 
 def _short(text: str) -> str:
-    # Drop librdkafka's "(after 3ms in state CONNECT)" tail; it differs on every retry.
-    return re.sub(
+    # Drop librdkafka's "(after 3ms in state CONNECT)" tail, which differs on every retry, and
+    # its "host:port/bootstrap: " prefix: the message names the brokers already.
+    text = re.sub(
         r"\s*\(after \d+ms in state \w+(, \d+ identical error\(s\) suppressed)?\)", "", text
-    )[:300]
+    )
+    return re.sub(r"^(\w+://)?\S+/(bootstrap|\d+): ", "", text)[:300]

@@ -51,26 +51,53 @@ def consumer_config(settings: Settings, *, eof: bool) -> dict:
     return kafka_config.source_consumer(settings, eof=eof)
 
 
-def list_partitions(settings: Settings, timeout: float = 30.0) -> list[int]:
-    """Partitions of the input topic; waits for the broker, fails clearly if the topic is absent."""
-    admin = AdminClient(kafka_config.admin(settings))
+class StartupError(RuntimeError):
+    """The job cannot start; the message is one line that says why and what to check."""
+
+
+def list_partitions(settings: Settings, timeout: float | None = None) -> list[int]:
+    """Partitions of the input topic, waiting up to ``timeout`` (default PUI_STARTUP_TIMEOUT)
+    for the brokers. Raises :class:`StartupError` naming the brokers and the likely cause: at
+    once when waiting cannot help (TLS/SASL mismatch, credentials), else when time is up. The
+    bootstrap hint is given only when a broker answered and the topic is missing."""
+    timeout = settings.startup_timeout if timeout is None else timeout
+    errors: list[tuple[str, str]] = []
+    admin = AdminClient(
+        {
+            **kafka_config.admin(settings, error_cb=lambda e: errors.append((e.name(), e.str()))),
+            # The probe's own client lines are summarised in the one error line below.
+            "logger": kafka_config.RateLimitedLog(log, level=logging.DEBUG),
+        }
+    )
+    brokers = settings.kafka_brokers
     deadline = time.monotonic() + timeout
     while True:
+        remaining = deadline - time.monotonic()
+        answered = None
         try:
-            meta = admin.list_topics(topic=settings.input_topic, timeout=10)
-            topic = meta.topics.get(settings.input_topic)
-            if topic is not None and topic.error is None and topic.partitions:
-                return sorted(topic.partitions)
-            problem = topic.error if topic is not None else "not found"
-        except KafkaException as exc:
-            problem = exc.args[0]
-        if time.monotonic() >= deadline:
-            raise RuntimeError(
-                f"Kafka topic {settings.input_topic!r} is not available on "
-                f"{settings.kafka_brokers} ({problem}); create it (python -m dataflow.bootstrap) "
-                "or set PUI_INPUT_TOPIC"
+            meta = admin.list_topics(
+                topic=settings.input_topic, timeout=max(min(remaining, 2), 0.5)
             )
-        time.sleep(1.0)
+            answered = meta.topics.get(settings.input_topic)
+            if answered is not None and answered.error is None and answered.partitions:
+                return sorted(answered.partitions)
+        except KafkaException as exc:
+            errors.append((exc.args[0].name(), exc.args[0].str()))
+        admin.poll(0)  # serves the error callbacks
+        if answered is None:
+            diagnosis = kafka_config.diagnose(errors, settings)
+            if diagnosis.final or time.monotonic() >= deadline:
+                raise StartupError(
+                    f"Kafka at {brokers}: {diagnosis.cause}"
+                    + ("" if diagnosis.final else f" (waited {timeout:g} s, PUI_STARTUP_TIMEOUT)")
+                )
+        elif time.monotonic() >= deadline:
+            raise StartupError(
+                f"Kafka topic {settings.input_topic!r} does not exist on {brokers} "
+                f"({answered.error.str() if answered.error else 'no partitions'}): create it "
+                "with python -m dataflow.bootstrap, or check PUI_INPUT_TOPIC"
+            )
+        time.sleep(min(1.0, max(deadline - time.monotonic(), 0)))
 
 
 def partition_names(settings: Settings) -> list[str]:

@@ -57,6 +57,22 @@ def test_hocon_file_with_sunbird_keys_and_env_wins(tmp_path):
         ({"PUI_MAX_MESSAGE_BYTES": "0"}, "PUI_MAX_MESSAGE_BYTES"),
         ({"PUI_CASSANDRA_USERNAME": "u"}, "PUI_CASSANDRA_PASSWORD"),
         ({"PUI_CONFIG": "/nonexistent/file.conf"}, "PUI_CONFIG"),
+        ({"PUI_CASSANDRA_REPLICATION": "not a map"}, "PUI_CASSANDRA_REPLICATION"),
+        ({"PUI_CASSANDRA_REPLICATION": "{'class': 'Simple'}"}, "PUI_CASSANDRA_REPLICATION"),
+        (
+            {"PUI_CASSANDRA_REPLICATION": "{'class': 'SimpleStrategy', 'replication_factor': '0'}"},
+            "PUI_CASSANDRA_REPLICATION",
+        ),
+        (
+            {"PUI_CASSANDRA_REPLICATION": "{'class': 'SimpleStrategy'} AND durable_writes = false"},
+            "PUI_CASSANDRA_REPLICATION",
+        ),
+        (
+            {"PUI_CASSANDRA_REPLICATION": "{'class': 'NetworkTopologyStrategy', 'dc1': 'x'}"},
+            "PUI_CASSANDRA_REPLICATION",
+        ),
+        ({"PUI_CASSANDRA_REPLICATION": "{'class': 'NetworkTopologyStrategy'}"}, "REPLICATION"),
+        ({"PUI_STARTUP_TIMEOUT": "0"}, "PUI_STARTUP_TIMEOUT"),
     ],
 )
 def test_bad_values_fail_naming_the_setting(environ, named):
@@ -97,3 +113,17 @@ def test_every_variable_read_is_declared():
     source = inspect.getsource(config)
     read = set(re.findall(r'"(PUI_[A-Z_]+)"', source)) - {config.KAFKA_CONFIG_PREFIX}
     assert read <= set(config.ENV_VARS), read - set(config.ENV_VARS)
+
+
+@pytest.mark.parametrize(
+    "replication",
+    [
+        "{'class': 'SimpleStrategy', 'replication_factor': '1'}",
+        "{'class':'SimpleStrategy','replication_factor':3}",
+        "{'class': 'NetworkTopologyStrategy', 'dc-east': '3', 'dc_west': 2}",
+        "{'class': 'org.apache.cassandra.locator.NetworkTopologyStrategy', 'dc1': '3'}",
+    ],
+)
+def test_replication_maps_cassandra_accepts_pass(replication):
+    s = config.load({"PUI_CASSANDRA_REPLICATION": f"  {replication} "})
+    assert s.cassandra_replication == replication

@@ -99,7 +99,7 @@ def test_bad_librdkafka_setting_is_refused_naming_the_variable():
     )
     # librdkafka's own consistency checks count too.
     half_sasl = {k: v for k, v in SECURITY.items() if "SSL_CA" not in k}
-    with pytest.raises(config.ConfigError, match="sasl.username"):
+    with pytest.raises(config.ConfigError, match=r"sasl\.username"):
         kafka_config.validate(config.load(half_sasl))
 
 
