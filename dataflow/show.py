@@ -11,7 +11,8 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 from cassandra import DriverException
-from cassandra.cluster import NoHostAvailable
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, NoHostAvailable
+from cassandra.query import SimpleStatement, tuple_factory
 from confluent_kafka import Consumer, TopicPartition
 
 from dataflow import config
@@ -71,9 +72,6 @@ def is_ours(stamp_us: int, updated_day: int | None, offset_us: int) -> bool:
 
 def cutover_report(session, settings: config.Settings, page_size: int = 1000) -> dict:
     """Scan the table page by page: rows, rows not ours, newest stamp that is not ours."""
-    from cassandra.cluster import EXEC_PROFILE_DEFAULT
-    from cassandra.query import SimpleStatement, tuple_factory
-
     table = f"{settings.cassandra_keyspace}.{settings.cassandra_table}"
     stamps = ", ".join(f"WRITETIME({c})" for c in STAMPED)
     query = SimpleStatement(f"SELECT updated_at, {stamps} FROM {table}", fetch_size=page_size)
