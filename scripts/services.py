@@ -8,6 +8,7 @@ exactly what ``up`` started.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pwd
 import shutil
@@ -413,15 +414,195 @@ class Postgres(Service):
             return False
 
 
+# --- optional emulators of the clouds' object stores, for the exhaust's storage tests -------
+TOOLS = VAR / "tools"
+REPORTS_CONTAINER = "reports"  # what a Sunbird deployment's reports container is called
+# Azurite's documented development account: public, accepted by the emulator only.
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+# The local SeaweedFS's only identity (written into its s3.json): a test credential.
+SEAWEED_ACCESS_KEY = "pui-local-access"
+SEAWEED_SECRET_KEY = "pui-local-secret-not-for-production"
+
+
+def _http(method: str, port: int, path: str, headers: dict[str, str]) -> int:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request(method, path, headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+class Azurite(Service):
+    """Microsoft's Azure Storage emulator (blob service only), from the npm registry, pinned by
+    services/azurite/package-lock.json and installed by `scripts/install emulators`."""
+
+    @property
+    def bin(self) -> Path:
+        return TOOLS / "azurite/node_modules/.bin/azurite-blob"
+
+    def start(self) -> None:
+        if not self.bin.exists():
+            raise RuntimeError("Azurite is not installed: run scripts/install emulators")
+        self.spawn(
+            [
+                str(self.bin),
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                str(self.port),
+                "--location",
+                str(self.dir / "data"),
+                "--disableTelemetry",  # it would phone home otherwise
+                "--skipApiVersionCheck",
+                "--silent",
+            ]
+        )
+
+    def ready(self) -> bool:
+        """Up, and holding the reports container (created here, as a deployment has it)."""
+        if not port_open(self.port):
+            return False
+        import base64
+        import email.utils
+        import hashlib
+        import hmac
+
+        date = email.utils.formatdate(usegmt=True)
+        version = "2021-08-06"
+        # Shared Key signature of "Create Container": 11 empty standard headers, then the
+        # x-ms-* headers and the resource.
+        to_sign = (
+            "PUT\n" + "\n" * 11 + f"x-ms-date:{date}\nx-ms-version:{version}\n"
+            f"/{AZURITE_ACCOUNT}/{AZURITE_ACCOUNT}/{REPORTS_CONTAINER}\nrestype:container"
+        )
+        digest = hmac.new(base64.b64decode(AZURITE_KEY), to_sign.encode(), hashlib.sha256)
+        headers = {
+            "x-ms-date": date,
+            "x-ms-version": version,
+            "Content-Length": "0",
+            "Authorization": f"SharedKey {AZURITE_ACCOUNT}:"
+            + base64.b64encode(digest.digest()).decode(),
+        }
+        try:
+            status = _http(
+                "PUT",
+                self.port,
+                f"/{AZURITE_ACCOUNT}/{REPORTS_CONTAINER}?restype=container",
+                headers,
+            )
+        except OSError:
+            return False
+        return status in (201, 409)  # created, or there already
+
+
+class SeaweedFS(Service):
+    """SeaweedFS (master, volume, filer and S3 gateway in one process), built from its Go
+    module pinned by services/seaweedfs/go.mod by `scripts/install emulators`."""
+
+    master_port = 9335
+    volume_port = 8086
+    filer_port = 8890
+
+    @property
+    def bin(self) -> Path:
+        return TOOLS / "bin/weed"
+
+    def start(self) -> None:
+        if not self.bin.exists():
+            raise RuntimeError("SeaweedFS is not installed: run scripts/install emulators")
+        data = self.dir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        identities = {
+            "identities": [
+                {
+                    "name": "pui-local",
+                    "credentials": [
+                        {"accessKey": SEAWEED_ACCESS_KEY, "secretKey": SEAWEED_SECRET_KEY}
+                    ],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        config = self.dir / "s3.json"
+        config.write_text(json.dumps(identities))
+        config.chmod(0o600)
+        self.spawn(
+            [
+                str(self.bin),
+                "server",
+                f"-dir={data}",
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                f"-master.port={self.master_port}",
+                f"-volume.port={self.volume_port}",
+                f"-filer.port={self.filer_port}",
+                "-master.volumeSizeLimitMB=64",
+                "-volume.max=8",
+                "-s3",
+                f"-s3.port={self.port}",
+                f"-s3.config={config}",
+            ]
+        )
+
+    def ready(self) -> bool:
+        """Up, and holding the reports bucket (created here with a SigV4-signed request)."""
+        if not port_open(self.port):
+            return False
+        import datetime as dt
+        import hashlib
+        import hmac
+
+        now = dt.datetime.now(dt.UTC)
+        stamp, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+        empty = hashlib.sha256(b"").hexdigest()
+        host = f"127.0.0.1:{self.port}"
+        signed = "host;x-amz-content-sha256;x-amz-date"
+        canonical = (
+            f"PUT\n/{REPORTS_CONTAINER}\n\nhost:{host}\nx-amz-content-sha256:{empty}\n"
+            f"x-amz-date:{stamp}\n\n{signed}\n{empty}"
+        )
+        scope = f"{day}/us-east-1/s3/aws4_request"
+        to_sign = (
+            f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n" + hashlib.sha256(canonical.encode()).hexdigest()
+        )
+        key = ("AWS4" + SEAWEED_SECRET_KEY).encode()
+        for part in (day, "us-east-1", "s3", "aws4_request"):
+            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+        signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+        headers = {
+            "Host": host,
+            "x-amz-date": stamp,
+            "x-amz-content-sha256": empty,
+            "Content-Length": "0",
+            "Authorization": f"AWS4-HMAC-SHA256 Credential={SEAWEED_ACCESS_KEY}/{scope}, "
+            f"SignedHeaders={signed}, Signature={signature}",
+        }
+        try:
+            status = _http("PUT", self.port, f"/{REPORTS_CONTAINER}", headers)
+        except OSError:
+            return False
+        return status in (200, 409)  # created, or already ours
+
+
 SERVICES: dict[str, Service] = {
     "kafka": Kafka("kafka", 9092, JVM_TIMEOUT),
     "cassandra": Cassandra("cassandra", 9042, JVM_TIMEOUT),
     "redis": Redis("redis", 6379, 30),
     "postgres": Postgres("postgres", 5432, 60),
     "cassandra-auth": CassandraAuth("cassandra-auth", 9043, JVM_TIMEOUT),
+    "azurite": Azurite("azurite", 10000, 60),
+    "seaweedfs": SeaweedFS("seaweedfs", 8333, 90),
 }
-# Started only when named: `scripts/services up cassandra-auth`.
-OPTIONAL = {"cassandra-auth"}
+# Started only when named: `scripts/services up cassandra-auth azurite seaweedfs`.
+OPTIONAL = {"cassandra-auth", "azurite", "seaweedfs"}
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -522,7 +703,8 @@ def status(names: list[str]) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(
         prog="scripts/services",
-        description="Start, stop or show the local Kafka, Cassandra, Redis and PostgreSQL.",
+        description="Start, stop or show the local Kafka, Cassandra, Redis and PostgreSQL "
+        "(and, when named, the Azurite and SeaweedFS object-store emulators).",
         epilog="PUI_CASSANDRA_AUTH=1 starts Cassandra with PasswordAuthenticator "
         "(user cassandra/cassandra, separate data). PUI_SERVICES_TIMEOUT sets the JVM "
         "readiness timeout (default 180 s).",

@@ -24,13 +24,13 @@ commands:
   run --once           process every pending request, then exit (exit 1 if any failed)
   run                  keep polling for requests every --poll-interval seconds
   submit               add a request (prints its request_id)
-  status REQUEST_ID    show a request's row
+  status REQUEST_ID    show a request's row (--url: and a signed download URL of its report)
   init-db              create the job_request table if it does not exist
 
 configuration (environment): PUI_POSTGRES_DSN, PUI_REDIS_URL (with the DB index), PUI_CASSANDRA_*
 (as for the streaming job), PUI_USER_KEYSPACE, PUI_REPORT_STORE, PUI_DATA_SECURITY_LEVEL,
 PUI_ZIP_ENCRYPTION, PUI_ENCRYPTION_SALT, PUI_EXHAUST_MODEL_CONFIG, PUI_PROCESSING_TIMEOUT,
-PUI_POLL_INTERVAL; see docs/exhaust.md.
+PUI_POLL_INTERVAL, PUI_STORAGE_* (cloud storage of the reports); see docs/exhaust.md.
 """
 
 
@@ -61,6 +61,11 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--request-id", default=None)
     status = sub.add_parser("status", help="show a request")
     status.add_argument("request_id")
+    status.add_argument(
+        "--url",
+        action="store_true",
+        help="print a signed download URL of the report (valid PUI_STORAGE_URL_EXPIRY seconds)",
+    )
     sub.add_parser("init-db", help="create the job_request table")
     return p
 
@@ -85,6 +90,23 @@ def request_data(program_id: str, extra: list[str]) -> dict:
         },
         "title": "User Detail Report",
     }
+
+
+def _print_signed_url(conf: settings.ExhaustSettings, row: dict) -> int:
+    """The URL the portal would give the requester for the report, as the last line."""
+    from dataflow.exhaust import storage
+
+    urls = row.get("download_urls") or []
+    if row.get("status") != "SUCCESS" or not urls:
+        print(f"request {row['request_id']} has no report to download", file=sys.stderr)
+        return 1
+    try:
+        store = storage.open_store(conf.storage, conf.report_store)
+        print(store.signed_url(urls[0]))
+    except storage.StorageError as exc:
+        print(f"program-user-info exhaust: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"no request {args.request_id}", file=sys.stderr)
                     return 1
                 print(json.dumps(row, default=str, indent=2))
+                if args.url:
+                    return _print_signed_url(conf, row)
         return 0
     except LayoutError as exc:
         print(f"program-user-info exhaust: {exc}", file=sys.stderr)

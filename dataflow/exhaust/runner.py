@@ -16,7 +16,7 @@ from cassandra import ConsistencyLevel
 from tqdm import tqdm
 
 from dataflow.cassandra_session import connect as cassandra_connect
-from dataflow.exhaust import archive, filters, layout, requests, sources
+from dataflow.exhaust import archive, filters, layout, requests, sources, storage
 from dataflow.exhaust.report import IST, Counts, Rows, write_csv
 from dataflow.exhaust.settings import ExhaustSettings
 
@@ -58,6 +58,7 @@ class Worker:
         self.cache = redis.Redis.from_url(
             self.settings.redis_url, socket_timeout=30, socket_connect_timeout=10
         )
+        self.store = storage.open_store(self.settings.storage, self.settings.report_store)
 
     # --- connections -----------------------------------------------------------------
 
@@ -105,7 +106,12 @@ class Worker:
         conn = self.postgres()
         try:
             path, counts = self.build(claim)
-        except (ReportFailed, filters.BadRequest) as exc:
+            began = time.monotonic()
+            # A report the portal cannot fetch is a failed request: the upload is part of it.
+            path = self.store.put(path, f"{FOLDER}/{path.name}")
+            if isinstance(self.store, storage.CloudStore):
+                counts.seconds["upload"] = time.monotonic() - began
+        except (ReportFailed, filters.BadRequest, storage.StorageError) as exc:
             millis = int((time.monotonic() - start) * 1000)
             requests.fail(conn, claim, str(exc), millis)
             log.warning("request %s: FAILED: %s", claim.request_id, exc)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dataflow import config
 from dataflow.config import ConfigError
+from dataflow.exhaust import storage
 from dataflow.exhaust.archive import ENCRYPTIONS, LEVELS, PROTECTED
 from dataflow.schema import check_identifier
 
@@ -24,8 +25,9 @@ ENV_VARS = (
     "PUI_EXHAUST_MODEL_CONFIG",
     "PUI_PROCESSING_TIMEOUT",
     "PUI_POLL_INTERVAL",
+    *storage.ENV_VARS,
 )
-SECRETS = ("PUI_ENCRYPTION_SALT",)
+SECRETS = ("PUI_ENCRYPTION_SALT", *storage.SECRETS)
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class ExhaustSettings:
     model_config: str | None = None
     processing_timeout: int = 600
     poll_interval: float = 60.0
+    storage: storage.StorageSettings = field(default_factory=storage.StorageSettings)
 
 
 def _number(env: Mapping[str, str], name: str, default: str, low: float, high: float) -> float:
@@ -82,4 +85,5 @@ def load(environ: Mapping[str, str] | None = None) -> ExhaustSettings:
         model_config=env.get("PUI_EXHAUST_MODEL_CONFIG") or None,
         processing_timeout=int(_number(env, "PUI_PROCESSING_TIMEOUT", "600", 10, 86400)),
         poll_interval=_number(env, "PUI_POLL_INTERVAL", "60", 0.1, 86400),
+        storage=storage.load(env),
     )
