@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import gc
 import logging
@@ -16,7 +17,7 @@ from cassandra import ConsistencyLevel
 from tqdm import tqdm
 
 from dataflow.cassandra_session import connect as cassandra_connect
-from dataflow.exhaust import archive, filters, layout, requests, sources, storage
+from dataflow.exhaust import archive, filters, layout, requests, safe, sources, storage
 from dataflow.exhaust.report import IST, Counts, Rows, write_csv
 from dataflow.exhaust.settings import ExhaustSettings
 
@@ -86,7 +87,8 @@ class Worker:
     # --- work --------------------------------------------------------------------------
 
     def run_once(self) -> tuple[int, int]:
-        """Process pending requests until none is left; returns (succeeded, failed)."""
+        """Process pending requests until none is left; returns how many requests succeeded
+        and failed (identical requests served by one report count one each)."""
         done = failed = 0
         attempted: set[str] = set()
         while True:
@@ -94,15 +96,36 @@ class Worker:
             if claim is None:
                 return done, failed
             attempted.update(claim.all_ids)
-            if self.process(claim):
-                done += 1
-            else:
-                failed += 1
+            ok, bad = self.process(claim)
+            done += ok
+            failed += bad
 
-    def process(self, claim: requests.Claim) -> bool:
+    def process(self, claim: requests.Claim) -> tuple[int, int]:
+        """Serve one claim; returns how many of its requests succeeded and failed."""
+        conn = self.postgres()
+        refused = 0
+        for rid in claim.all_ids:
+            problem = safe.id_problem(rid)
+            if problem is not None:
+                # The id would name the report file: refuse it before anything is read.
+                one = dataclasses.replace(claim, request_id=rid, duplicates=[])
+                requests.fail(conn, one, problem, 0)
+                requests.release(conn, one)
+                log.warning("request %s: FAILED: %s", safe.shown(rid), problem)
+                refused += 1
+        if refused:
+            good = [rid for rid in claim.all_ids if safe.id_problem(rid) is None]
+            if not good:
+                return 0, refused
+            claim = dataclasses.replace(claim, request_id=good[0], duplicates=good[1:])
+        ok = self._serve(claim)
+        n = len(claim.all_ids)
+        return (n, refused) if ok else (0, refused + n)
+
+    def _serve(self, claim: requests.Claim) -> bool:
         start = time.monotonic()
         twins = f" (+{len(claim.duplicates)} identical)" if claim.duplicates else ""
-        log.info("request %s%s: attempt %d", claim.request_id, twins, claim.iteration)
+        log.info("request %s%s: attempt %d", safe.shown(claim.request_id), twins, claim.iteration)
         conn = self.postgres()
         try:
             path, counts = self.build(claim)
@@ -114,7 +137,7 @@ class Worker:
         except (ReportFailed, filters.BadRequest, storage.StorageError) as exc:
             millis = int((time.monotonic() - start) * 1000)
             requests.fail(conn, claim, str(exc), millis)
-            log.warning("request %s: FAILED: %s", claim.request_id, exc)
+            log.warning("request %s: FAILED: %s", safe.shown(claim.request_id), safe.shown(exc))
             requests.release(conn, claim)
             return False
         finally:
@@ -125,7 +148,7 @@ class Worker:
         log.info(
             "request %s: SUCCESS in %.1f s: %d rows, %d needing consent, %d consenting, "
             "%d not in the user cache, %d undecryptable values -> %s (%s)",
-            claim.request_id,
+            safe.shown(claim.request_id),
             millis / 1000,
             counts.rows,
             counts.needing_consent,
@@ -177,7 +200,7 @@ class Worker:
         except ReportFailed:
             raise
         except Exception as exc:  # any driver error becomes one clear line
-            log.debug("request %s failed", claim.request_id, exc_info=True)
+            log.debug("request %s failed", safe.shown(claim.request_id), exc_info=True)
             raise ReportFailed(
                 f"reading the report data failed: {type(exc).__name__}: {str(exc)[:200]}"
             ) from None
@@ -185,10 +208,13 @@ class Worker:
         folder.mkdir(parents=True, exist_ok=True)
         day = dt.datetime.now(IST).strftime("%Y%m%d")
         csv_path = folder / f"{claim.request_id}_{day}.csv"
+        if csv_path.resolve().parent != folder.resolve():
+            # process() refuses unsafe ids; this keeps a future caller from escaping the store.
+            raise ReportFailed(f"refused: the report would leave the report store ({safe.ID_RULE})")
         bar = tqdm(
             total=len(rows),
             unit="row",
-            desc=claim.request_id,
+            desc=safe.shown(claim.request_id, 40),
             disable=not self.progress,
             mininterval=1,
         )
