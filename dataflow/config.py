@@ -41,6 +41,7 @@ ENV_VARS: tuple[str, ...] = (
     "PUI_WRITE_TIMESTAMP_OFFSET",
     "PUI_PRODUCE_TIMEOUT",
     "PUI_STARTUP_TIMEOUT",
+    "PUI_STOP_TIMEOUT",
 )
 # Any librdkafka setting: PUI_KAFKA_CONFIG_SASL_MECHANISM=PLAIN -> sasl.mechanism=PLAIN.
 KAFKA_CONFIG_PREFIX = "PUI_KAFKA_CONFIG_"
@@ -109,6 +110,8 @@ class Settings:
     produce_timeout: float = 30.0
     # Seconds the job waits at start for Kafka and Cassandra before it stops with the cause.
     startup_timeout: float = 30.0
+    # Seconds a stop request (SIGTERM, SIGINT) may take to finish the batches in flight.
+    stop_timeout: float = 20.0
 
     def describe(self) -> str:
         """One line per setting, secrets masked: safe to log."""
@@ -363,6 +366,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         startup_timeout=_parse_float(
             "PUI_STARTUP_TIMEOUT", env.get("PUI_STARTUP_TIMEOUT", "30"), 1.0
         ),
+        stop_timeout=_parse_float("PUI_STOP_TIMEOUT", env.get("PUI_STOP_TIMEOUT", "20"), 1.0),
     )
 
 

@@ -8,7 +8,7 @@ import time
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
-from dataflow import config, kafka_config, metrics
+from dataflow import config, kafka_config, metrics, shutdown
 from dataflow.cassandra_session import connect
 from dataflow.flatten_step import Flattener
 from dataflow.sink import CassandraSink
@@ -32,6 +32,7 @@ def build_flow(settings: config.Settings | None = None) -> Dataflow:
     # librdkafka checks the PUI_KAFKA_CONFIG_* names and values now, not in a worker thread.
     kafka_config.validate(settings)
     check_ready(settings)
+    shutdown.install(settings.stop_timeout)
     metrics.start(settings.metrics_port, settings.log_interval)
 
     flow = Dataflow("program_user_info")

@@ -24,7 +24,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from dataflow import kafka_config, metrics
+from dataflow import kafka_config, metrics, shutdown
 from dataflow.config import Settings
 
 log = logging.getLogger("dataflow.source")
@@ -154,7 +154,7 @@ class _KafkaPartition(StatefulSourcePartition):
         )
 
     def next_batch(self) -> list[MessageBatch]:
-        if self._eof:
+        if self._eof or shutdown.requested():
             raise StopIteration()
         # librdkafka prefetches in the background, so a zero timeout only takes what is queued.
         msgs = self._consumer.consume(self._batch_size, 0)
