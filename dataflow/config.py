@@ -42,6 +42,8 @@ ENV_VARS: tuple[str, ...] = (
     "PUI_PRODUCE_TIMEOUT",
     "PUI_STARTUP_TIMEOUT",
     "PUI_STOP_TIMEOUT",
+    "PUI_METRICS_ADDRESS",
+    "PUI_HEALTH_WINDOW",
 )
 # Any librdkafka setting: PUI_KAFKA_CONFIG_SASL_MECHANISM=PLAIN -> sasl.mechanism=PLAIN.
 KAFKA_CONFIG_PREFIX = "PUI_KAFKA_CONFIG_"
@@ -112,6 +114,10 @@ class Settings:
     startup_timeout: float = 30.0
     # Seconds a stop request (SIGTERM, SIGINT) may take to finish the batches in flight.
     stop_timeout: float = 20.0
+    # Address the metrics/health server binds (0.0.0.0: every interface, as a pod needs).
+    metrics_address: str = "0.0.0.0"
+    # /healthz fails when the sources neither consumed nor found nothing for this long (s).
+    health_window: float = 120.0
 
     def describe(self) -> str:
         """One line per setting, secrets masked: safe to log."""
@@ -226,6 +232,18 @@ def _replication(name: str, raw: str) -> str:
                 f"{name}: {key!r} must be a replica count from 1 to 100, not {value!r}"
             )
     return text
+
+
+def _ip_address(name: str, raw: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(raw.strip()))
+    except ValueError:
+        raise ConfigError(
+            f"{name} must be an IP address to listen on (0.0.0.0 for all, 127.0.0.1 for this "
+            f"host only), not {raw!r}"
+        ) from None
 
 
 def _load_hocon(path: str) -> dict[str, str]:
@@ -367,6 +385,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             "PUI_STARTUP_TIMEOUT", env.get("PUI_STARTUP_TIMEOUT", "30"), 1.0
         ),
         stop_timeout=_parse_float("PUI_STOP_TIMEOUT", env.get("PUI_STOP_TIMEOUT", "20"), 1.0),
+        metrics_address=_ip_address(
+            "PUI_METRICS_ADDRESS", env.get("PUI_METRICS_ADDRESS") or Settings.metrics_address
+        ),
+        health_window=_parse_float("PUI_HEALTH_WINDOW", env.get("PUI_HEALTH_WINDOW", "120"), 5.0),
     )
 
 

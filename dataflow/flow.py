@@ -33,7 +33,7 @@ def build_flow(settings: config.Settings | None = None) -> Dataflow:
     kafka_config.validate(settings)
     check_ready(settings)
     shutdown.install(settings.stop_timeout)
-    metrics.start(settings.metrics_port, settings.log_interval)
+    metrics.start(settings)
 
     flow = Dataflow("program_user_info")
     batches = op.input("kafka_in", flow, KafkaBatchSource(settings))

@@ -160,6 +160,7 @@ class _KafkaPartition(StatefulSourcePartition):
         msgs = self._consumer.consume(self._batch_size, 0)
         if not msgs:
             self._awake = datetime.now(UTC) + IDLE_PAUSE
+            metrics.polled(0)
             return []
         self._awake = None
         batch = MessageBatch(self._topic, self._partition)
@@ -180,6 +181,7 @@ class _KafkaPartition(StatefulSourcePartition):
             offsets.append(msg.offset())
             ts_type, ts = msg.timestamp()
             stamps.append(ts if ts_type else NO_TIMESTAMP)
+        metrics.polled(len(offsets))
         if not offsets:
             return []
         self._next_offset = offsets[-1] + 1

@@ -44,6 +44,7 @@ SECRET_SETTINGS = {"PUI_CASSANDRA_USERNAME", "PUI_CASSANDRA_PASSWORD"} | set(
 )
 KUSTOMIZE_KEYS = {"apiVersion", "kind", "resources", "namespace", "labels", "images", "replicas"}
 KUSTOMIZE_KEYS |= {"patches", "replacements"}
+PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -343,9 +344,17 @@ def test_ports_match_the_metrics_endpoint_and_bytewax(rendered):
     assert annotations["prometheus.io/path"] == "/metrics"
     ports = {p["name"]: p["containerPort"] for p in job["ports"]}
     assert ports["metrics"] == port
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        check = job[probe]["httpGet"]
-        assert (check["path"], check["port"]) == ("/metrics", "metrics"), probe
+    probes = {p: (job[p]["httpGet"]["path"], job[p]["httpGet"]["port"]) for p in PROBES}
+    assert probes == {
+        "startupProbe": ("/healthz", "metrics"),
+        "readinessProbe": ("/readyz", "metrics"),
+        "livenessProbe": ("/healthz", "metrics"),
+    }
+    # The server answers on every interface of the pod, where the kubelet probes it.
+    assert find(rendered, "ConfigMap")["data"]["PUI_METRICS_ADDRESS"] == "0.0.0.0"
+    # A stop request finishes within PUI_STOP_TIMEOUT, well before the kubelet's SIGKILL.
+    stop = float(find(rendered, "ConfigMap")["data"]["PUI_STOP_TIMEOUT"])
+    assert stop + 10 <= sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     svc = find(rendered, "Service")
     assert svc["spec"]["clusterIP"] == "None"
     assert svc["spec"]["publishNotReadyAddresses"] is True
