@@ -33,6 +33,7 @@ ENV_VARS: tuple[str, ...] = (
     "PUI_CASSANDRA_CONSISTENCY",
     "PUI_CASSANDRA_REPLICATION",
     "PUI_CASSANDRA_CONCURRENCY",
+    "PUI_ENGINE",
     "PUI_FLATTENER",
     "PUI_MAX_MESSAGE_BYTES",
     "PUI_METRICS_PORT",
@@ -101,7 +102,8 @@ class Settings:
     cassandra_consistency: str = "LOCAL_QUORUM"
     cassandra_replication: str = "{'class': 'SimpleStrategy', 'replication_factor': '1'}"
     cassandra_concurrency: int = 64
-    flattener: str = "auto"
+    # "rust": the extension flattens and writes; "python": our flattener and cassandra-driver.
+    engine: str = "auto"
     max_message_bytes: int = 1024 * 1024
     metrics_port: int = 9100
     log_interval: float = 30.0
@@ -326,9 +328,11 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     if (username is None) != (password is None):
         raise ConfigError("PUI_CASSANDRA_USERNAME and PUI_CASSANDRA_PASSWORD must be set together")
 
-    flattener = env.get("PUI_FLATTENER", "auto").strip().lower() or "auto"
-    if flattener not in ("auto", "rust", "python"):
-        raise ConfigError("PUI_FLATTENER must be auto, rust or python")
+    # PUI_FLATTENER is the setting's old name (it chose only the flattener); it still works.
+    engine_name = "PUI_ENGINE" if env.get("PUI_ENGINE") else "PUI_FLATTENER"
+    engine = env.get(engine_name, "auto").strip().lower() or "auto"
+    if engine not in ("auto", "rust", "python"):
+        raise ConfigError(f"{engine_name} must be auto, rust or python, not {engine!r}")
 
     log_level = env.get("PUI_LOG_LEVEL", "INFO").strip().upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -365,7 +369,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         cassandra_concurrency=_parse_int(
             "PUI_CASSANDRA_CONCURRENCY", env.get("PUI_CASSANDRA_CONCURRENCY", "64"), 1, 2048
         ),
-        flattener=flattener,
+        engine=engine,
         max_message_bytes=_parse_int(
             "PUI_MAX_MESSAGE_BYTES",
             env.get("PUI_MAX_MESSAGE_BYTES", str(1024 * 1024)),

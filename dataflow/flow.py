@@ -10,7 +10,6 @@ from bytewax.dataflow import Dataflow
 
 from dataflow import config, kafka_config, metrics, shutdown
 from dataflow.cassandra_session import connect
-from dataflow.flatten_step import Flattener
 from dataflow.sink import CassandraSink
 from dataflow.source import KafkaBatchSource, list_partitions
 
@@ -37,9 +36,9 @@ def build_flow(settings: config.Settings | None = None) -> Dataflow:
 
     flow = Dataflow("program_user_info")
     batches = op.input("kafka_in", flow, KafkaBatchSource(settings))
-    rows = op.map("flatten", batches, Flattener(settings))
-    # The sink is partitioned like the source: a batch is written by the worker that read it.
-    keyed = op.key_on("by_partition", rows, lambda fb: str(fb.source.partition))
+    # The sink is partitioned like the source: a batch is flattened and written by the worker
+    # that read it (the engine does both; see dataflow.engines).
+    keyed = op.key_on("by_partition", batches, lambda batch: str(batch.partition))
     op.output("cassandra_out", keyed, CassandraSink(settings))
     return flow
 

@@ -1,11 +1,13 @@
-"""Cassandra sink: upserts and deletes with ``USING TIMESTAMP``, rejections to the failed topic.
+"""Cassandra sink: each consumed batch is flattened and written by the engine, rejections go to
+the failed topic, progress to the consumer group.
 
-Writes are pipelined (``dataflow.cassandra_writer``): ``write_batch`` submits and returns, and
-the end-of-epoch ``snapshot`` returns only when every row is acknowledged by Cassandra and every
-rejection by Kafka, so a recovery epoch can never close over unwritten data. Transient Cassandra
-errors are retried with backoff for as long as they last (back-pressure); only rows Cassandra
-refuses permanently go to the failed topic. Consumed offsets are committed to the consumer
-group as batches complete.
+Writes are pipelined: ``write_batch`` hands the batch to the engine (``dataflow.engines``) and
+returns, and the end-of-epoch ``snapshot`` returns only when every row is acknowledged by
+Cassandra and every rejection by Kafka, so a recovery epoch can never close over unwritten
+data. Transient Cassandra errors are retried with backoff for as long as they last
+(back-pressure); only rows Cassandra refuses permanently go to the failed topic (reason
+``cassandra_rejected``). Offsets are committed to the consumer group as batches complete, in
+order.
 """
 
 from __future__ import annotations
@@ -17,22 +19,15 @@ from collections import deque
 from typing import ClassVar
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
-from cassandra import ConsistencyLevel
-from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from dataflow import kafka_config, metrics
-from dataflow.cassandra_session import connect
-from dataflow.cassandra_writer import PipelinedWriter, Ticket, Write
+from dataflow import metrics
 from dataflow.config import Settings
+from dataflow.engines import Completed, Engine, Rejection, open_engine
 from dataflow.failed import FailedTopicPublisher
-from dataflow.flatten import COLUMNS, DELETE, REJECT, UPSERT
-from dataflow.flatten_step import FlatBatch
-from dataflow.source import NO_TIMESTAMP, partition_names
-from dataflow.write_time import write_timestamp
+from dataflow.offsets import OffsetCommitter
+from dataflow.source import NO_TIMESTAMP, MessageBatch, partition_names
 
 log = logging.getLogger("dataflow.sink")
-
-CASSANDRA_REJECTED = "cassandra_rejected"
 
 
 def now_us() -> int:
@@ -63,8 +58,8 @@ class CassandraSink(FixedPartitionedSink):
 
 
 class _Connection:
-    """What every sink partition of a worker process shares: one Cassandra session, one
-    in-flight limit, one failed-topic producer and one offset committer."""
+    """What every sink partition of a worker process shares: one engine (one Cassandra
+    session and in-flight limit), one failed-topic producer and one offset committer."""
 
     _lock: ClassVar[threading.Lock] = threading.Lock()
     _open: ClassVar[dict[int, _Connection]] = {}
@@ -84,30 +79,24 @@ class _Connection:
             if self.users:
                 return
             del self._open[id(self.settings)]
+        self.engine.close()
         log.info("final counters %s", metrics.log_line())
         self.committer.close()
-        self.cluster.shutdown()
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.users = 0
-        self.cluster, session = connect(settings)
-        consistency = ConsistencyLevel.name_to_value[settings.cassandra_consistency]
-        table = f"{settings.cassandra_keyspace}.{settings.cassandra_table}"
-        self.insert = session.prepare(
-            f"INSERT INTO {table} ({', '.join(COLUMNS)}) "
-            f"VALUES ({', '.join('?' * len(COLUMNS))}) USING TIMESTAMP ?"
-        )
-        self.delete = session.prepare(
-            f"DELETE FROM {table} USING TIMESTAMP ? WHERE program_id = ? AND user_id = ?"
-        )
-        for stmt in (self.insert, self.delete):
-            stmt.consistency_level = consistency
-            stmt.is_idempotent = True
-        self.writer = PipelinedWriter(session, consistency, settings.cassandra_concurrency)
+        self.engine: Engine = open_engine(settings)
         self.failed = FailedTopicPublisher(settings)
-        self.committer = Consumer(kafka_config.offset_committer(settings))
-        log.info("writing to %s (consistency %s)", table, settings.cassandra_consistency)
+        self.committer = OffsetCommitter(settings)
+        log.info(
+            "writing to %s.%s with the %s engine (consistency %s, %d requests in flight)",
+            settings.cassandra_keyspace,
+            settings.cassandra_table,
+            self.engine.name,
+            settings.cassandra_consistency,
+            settings.cassandra_concurrency,
+        )
 
 
 class _CassandraSinkPartition(StatefulSinkPartition):
@@ -118,33 +107,18 @@ class _CassandraSinkPartition(StatefulSinkPartition):
 
     def __init__(self, conn: _Connection):
         self._conn = conn
-        # Submitted batches in order, with whether any of their messages was rejected (and so
-        # published to the failed topic, to be flushed before their offsets are committed).
-        self._pending: deque[tuple[FlatBatch, Ticket, bool]] = deque()
-        self._committed: dict[tuple[str, int], int] = {}
+        # Submitted batches in order, with their engine ticket and whether any message was
+        # rejected (and so published, to be flushed before its offsets are committed).
+        self._pending: deque[tuple[MessageBatch, object, bool]] = deque()
 
-    def write_batch(self, items: list[FlatBatch]) -> None:
-        conn = self._conn
+    def write_batch(self, items: list[MessageBatch]) -> None:
+        engine = self._conn.engine
         clock = now_us()
-        offset = conn.settings.write_timestamp_offset_us
-        for fb in items:
-            writes: list[Write] = []
-            stamps = fb.source.timestamps
-            rejected = False
-            for i, (op, payload, ts, flag) in enumerate(fb.results):
-                if op == REJECT:
-                    self._reject(fb, i, payload, ts)
-                    rejected = True
-                    continue
-                ts = write_timestamp(ts, stamps[i], clock, offset)
-                if op == UPSERT:
-                    if flag:
-                        metrics.INVALID_DATES.inc()
-                    writes.append(Write(payload[0], conn.insert, (*payload, ts), True, (fb, i)))
-                elif op == DELETE:
-                    params = (ts, payload[0], payload[1])
-                    writes.append(Write(payload[0], conn.delete, params, False, (fb, i)))
-            self._pending.append((fb, conn.writer.submit(writes), rejected))
+        for batch in items:
+            ticket, refused = engine.submit(batch, clock)
+            for rejection in refused:
+                self._reject(batch, rejection)
+            self._pending.append((batch, ticket, bool(refused)))
         self._complete(wait=False)
 
     def snapshot(self) -> None:
@@ -155,13 +129,7 @@ class _CassandraSinkPartition(StatefulSinkPartition):
         try:
             self._complete(wait=True)
             self._conn.failed.flush()
-            if self._committed:
-                # Asynchronous commits may have been lost (a broker restart); the last word
-                # is synchronous.
-                try:
-                    self._conn.committer.commit(offsets=self._offsets(), asynchronous=False)
-                except KafkaException as exc:
-                    log.warning("could not commit the final offsets: %s", exc.args[0])
+            self._conn.committer.commit_final()
         finally:
             self._conn.release()
 
@@ -169,45 +137,46 @@ class _CassandraSinkPartition(StatefulSinkPartition):
         """Retire finished batches in order: publish their rejections, then commit offsets."""
         conn = self._conn
         if wait and self._pending:
-            conn.writer.wait([t for _, t, _ in self._pending])
-        done: list[tuple[FlatBatch, Ticket, bool]] = []
-        while self._pending and self._pending[0][1].done:
-            done.append(self._pending.popleft())
+            conn.engine.wait([ticket for _, ticket, _ in self._pending])
+        conn.engine.publish_metrics()
+        done: list[tuple[MessageBatch, Completed, bool]] = []
+        while self._pending:
+            batch, ticket, rejected = self._pending[0]
+            completed = conn.engine.take(ticket)
+            if completed is None:
+                break
+            self._pending.popleft()
+            done.append((batch, completed, rejected))
         if not done:
             return
         flush = False
-        for fb, ticket, rejected in done:
-            flush = flush or rejected or bool(ticket.rejections)
-            for write, detail in ticket.rejections:
-                self._reject(*write.origin, CASSANDRA_REJECTED, detail)
-            metrics.WRITE_SECONDS.observe((ticket.done_at_ms - ticket.submitted_ms) / 1000)
-            for stamp in fb.source.timestamps:
+        touched: set[tuple[str, int]] = set()
+        for batch, completed, rejected in done:
+            flush = flush or rejected or bool(completed.rejections)
+            for rejection in completed.rejections:
+                self._reject(batch, rejection)
+            metrics.WRITE_SECONDS.observe((completed.done_at_ms - completed.submitted_ms) / 1000)
+            for stamp in batch.timestamps:
                 if stamp != NO_TIMESTAMP:
-                    metrics.EVENT_AGE.observe(max(ticket.done_at_ms - stamp, 0) / 1000)
-            if fb.source.offsets:
-                key = (fb.source.topic, fb.source.partition)
-                self._committed[key] = max(self._committed.get(key, -1), fb.source.offsets[-1])
+                    metrics.EVENT_AGE.observe(max(completed.done_at_ms - stamp, 0) / 1000)
+            if batch.offsets:
+                conn.committer.advance(batch.topic, batch.partition, batch.offsets[-1])
+                touched.add((batch.topic, batch.partition))
         if flush:
             conn.failed.flush()
         # Tell the consumer group how far we are, for lag tools and restarts without state.
-        conn.committer.commit(offsets=self._offsets(), asynchronous=True)
-        # confluent-kafka always installs a commit callback, so each asynchronous commit
-        # queues its result until the consumer is polled: unpolled, they pile up in memory.
-        conn.committer.poll(0)
+        conn.committer.commit(touched)
 
-    def _offsets(self) -> list[TopicPartition]:
-        return [TopicPartition(t, p, o + 1) for (t, p), o in self._committed.items()]
-
-    def _reject(self, fb: FlatBatch, i: int, reason: str, detail: str) -> None:
-        src = fb.source
-        metrics.REJECTIONS.labels(reason).inc()
+    def _reject(self, batch: MessageBatch, rejection: Rejection) -> None:
+        i = rejection.index
+        metrics.REJECTIONS.labels(rejection.reason).inc()
         self._conn.failed.publish(
-            src.values[i],
-            src.keys[i],
-            reason,
-            detail,
-            src.topic,
-            src.partition,
-            src.offsets[i],
-            src.timestamps[i],
+            batch.values[i],
+            batch.keys[i],
+            rejection.reason,
+            rejection.detail,
+            batch.topic,
+            batch.partition,
+            batch.offsets[i],
+            batch.timestamps[i],
         )

@@ -9,6 +9,17 @@ pub struct Date {
     pub day: u8,
 }
 
+impl Date {
+    /// Days since 1970-01-01 (negative before it), as CQL's `date` counts them.
+    pub fn days_since_epoch(&self) -> i64 {
+        days_from_civil(
+            i64::from(self.year),
+            i64::from(self.month),
+            i64::from(self.day),
+        )
+    }
+}
+
 /// The calendar date and the write timestamp (µs since the epoch, UTC) of a date value.
 pub type Stamp = (Date, i64);
 

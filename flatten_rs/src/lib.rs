@@ -6,7 +6,9 @@
 
 pub mod dates;
 pub mod json;
+mod py_writer;
 pub mod rules;
+pub mod writer;
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::intern;
@@ -225,5 +227,7 @@ fn flatten_batch<'py>(
 fn flatten_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(version, m)?)?;
     m.add_function(wrap_pyfunction!(flatten_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(py_writer::writer_columns, m)?)?;
+    m.add_class::<py_writer::PyWriter>()?;
     Ok(())
 }
