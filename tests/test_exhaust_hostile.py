@@ -3,16 +3,49 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import shutil
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
+import psycopg
 import pytest
 
-from dataflow.exhaust import safe
+from dataflow.config import ConfigError
+from dataflow.exhaust import crypto, safe
+from dataflow.exhaust import settings as exhaust_settings
 from dataflow.exhaust.__main__ import request_data
-from tests.test_exhaust import ROOT, World, ids, world  # noqa: F401 - world is a fixture
+from tests.test_exhaust import KEY, ROOT, SALT, World, ids
 
 pytestmark = pytest.mark.services
+
+
+@pytest.fixture
+def make_world(unique_name, cassandra_session, postgres_dsn, redis_url, tmp_path):
+    """Worlds with extra settings (each its own schema and keyspaces), dropped afterwards."""
+    made: list[World] = []
+
+    def make(**env) -> World:
+        name = f"{unique_name}_{len(made)}"
+        w = World(name, cassandra_session, postgres_dsn, redis_url, tmp_path / name, **env)
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.pg.close()
+        cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {w.ks}")
+        cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {w.uks}")
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {w.name} CASCADE")
+
+
+@pytest.fixture
+def world(make_world) -> World:
+    return make_world()
+
 
 HOSTILE_IDS = [
     "../../x",
@@ -74,7 +107,7 @@ def test_hostile_request_ids_fail_and_write_nothing_outside_the_store(world, tmp
     (url,) = good["download_urls"]
     assert url.startswith(str(world.store / "program-user-exhaust" / "good-twin_"))
     created = {p for p in tmp_path.parent.rglob("*")} - before
-    outside = [p for p in created if not p.is_relative_to(world.store)]
+    outside = [p for p in created if p.is_file() and not p.is_relative_to(world.store)]
     assert outside == []
     assert [p.name for p in created if p.is_file()] == [url.rsplit("/", 1)[1]]
 
@@ -102,3 +135,181 @@ def test_request_text_cannot_forge_a_log_line(world):
     assert f"evil\\n{forged}" in run.stderr
     assert f"bad\\n{forged}" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+# --- report files and zip passwords ---------------------------------------------------------
+
+
+def pii_program(w: World, pid: str, n: int = 3, salt: str = SALT) -> list[str]:
+    users = ids(n)
+    for uid in users:
+        w.enrol(pid, uid, pii=True)
+        w.give_consent(uid, pid, "ACTIVE", dt.datetime(2023, 1, 1))
+        w.cache(
+            uid,
+            firstname="F",
+            email=crypto.encrypt(f"{uid}@example.org", salt),
+            phone=crypto.encrypt("9876543210", salt),
+        )
+    return users
+
+
+def store_files(w: World) -> list[Path]:
+    return sorted(p for p in w.store.rglob("*")) if w.store.exists() else []
+
+
+def test_report_is_owner_only_and_the_csv_lives_in_a_private_folder(world):
+    pid = "p-files"
+    users = pii_program(world, pid)
+    world.submit("rfiles", request_data(pid, []))
+    seen: list[tuple[Path, int, int]] = []  # (csv, its mode, its folder's mode) mid-report
+    worker = world.worker()
+    real = worker.read_cache
+
+    def spying(user_ids):
+        for csv_file in world.store.rglob("*.csv"):
+            seen.append(
+                (csv_file, csv_file.stat().st_mode & 0o777, csv_file.parent.stat().st_mode & 0o777)
+            )
+        return real(user_ids)
+
+    worker.read_cache = spying
+    try:
+        assert worker.run_once() == (1, 0)
+    finally:
+        worker.close()
+    (csv_file, csv_mode, folder_mode) = seen[0]
+    assert folder_mode == 0o700 and csv_mode == 0o600
+    assert csv_file.parent.name.startswith(".building-")
+    (url,) = world.row("rfiles")["download_urls"]
+    assert store_files(world) == [Path(url).parent, Path(url)]  # the folder and the zip only
+    assert Path(url).stat().st_mode & 0o777 == 0o600
+    assert f"{users[0]}@example.org" in world.csv_of("rfiles")
+
+
+def test_report_mode_is_a_setting_and_a_failure_leaves_no_file(make_world):
+    w = make_world(PUI_REPORT_FILE_MODE="0640")
+    pid = "p-mode"
+    pii_program(w, pid)
+    w.submit("rmode", request_data(pid, []))
+    assert w.run_once() == (1, 0)
+    (url,) = w.row("rmode")["download_urls"]
+    assert Path(url).stat().st_mode & 0o777 == 0o640
+    # A report that fails after its CSV was written (every value undecryptable) leaves
+    # nothing behind: no CSV, no zip, no building folder.
+    wrong = make_world(PUI_ENCRYPTION_SALT="not-the-salt")
+    pii_program(wrong, pid)
+    wrong.submit("rwrong", request_data(pid, []))
+    assert wrong.run_once() == (0, 1)
+    assert [p.name for p in store_files(wrong)] == ["program-user-exhaust"]
+
+
+def test_bad_file_mode_setting_stops_the_start():
+    with pytest.raises(ConfigError, match="PUI_REPORT_FILE_MODE"):
+        exhaust_settings.load({"PUI_REPORT_FILE_MODE": "0755"})
+
+
+def test_zipcrypto_password_never_on_a_command_line(make_world, tmp_path):
+    """7z gets the password on its standard input: a 7z stand-in first on PATH records the
+    command line, then runs the real 7z."""
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    record = tmp_path / "argv.txt"
+    (shim / "7z").write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$@" >> {record}\nexec {shutil.which("7z")} "$@"\n'
+    )
+    (shim / "7z").chmod(0o755)
+    w = make_world(PUI_ZIP_ENCRYPTION="zipcrypto")
+    w.env["PATH"] = f"{shim}:{w.env['PATH']}"
+    pid = "p-zc-argv"
+    users = pii_program(w, pid, 1)
+    w.submit("rzc", request_data(pid, []))
+    run = subprocess.run(
+        [sys.executable, "-m", "dataflow.exhaust", "run", "--once"],
+        env=w.env, cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    argv = record.read_text()
+    assert "-mem=ZipCrypto" in argv
+    assert KEY not in argv
+    (url,) = w.row("rzc")["download_urls"]
+    assert Path(url).stat().st_mode & 0o777 == 0o600
+    with zipfile.ZipFile(url) as zf:
+        text = zf.read(zf.namelist()[0], pwd=KEY.encode()).decode()
+    assert f"{users[0]}@example.org" in text
+    # and the OS's unzip opens it too
+    out = subprocess.run(["unzip", "-p", "-P", KEY, url], capture_output=True, text=True)
+    assert f"{users[0]}@example.org" in out.stdout
+
+
+def test_zipcrypto_without_7z_is_refused_at_start(world, tmp_path):
+    empty = tmp_path / "no-tools"
+    empty.mkdir()
+    run = subprocess.run(
+        [sys.executable, "-m", "dataflow.exhaust", "run", "--once"],
+        env={**world.env, "PUI_ZIP_ENCRYPTION": "zipcrypto", "PATH": str(empty)},
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "PUI_ZIP_ENCRYPTION=zipcrypto needs the 7z program" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+AES_LONGEST = "é" * 49 + "a"  # 99 bytes in UTF-8
+
+
+@pytest.mark.parametrize(
+    ("key", "status", "words"),
+    [
+        ("", "FAILED", "Not a Valid Request"),
+        ("a" * 100, "FAILED", "at most 99 bytes"),
+        ("é" * 50, "FAILED", "is 100 bytes long"),
+        ("tab\there", "FAILED", "control character"),
+        ("a" * 99, "SUCCESS", ""),
+        (AES_LONGEST, "SUCCESS", ""),
+    ],
+)
+def test_aes_key_limits_are_checked_when_claimed(world, tmp_path, key, status, words):
+    pid = "p-keys"
+    uid = ids(1)[0]
+    world.enrol(pid, uid, pii=False)
+    world.submit("rkey", request_data(pid, []), key=key)
+    assert world.run_once() == ((1, 0) if status == "SUCCESS" else (0, 1))
+    row = world.row("rkey")
+    assert row["status"] == status
+    if status == "FAILED":
+        assert words in row["err_message"]
+        assert row["download_urls"] is None
+        return
+    # 7-Zip, the tool the limit comes from, opens it (the password is an argument here only
+    # because this is a test).
+    (url,) = row["download_urls"]
+    out = tmp_path / "x"
+    done = subprocess.run(["7z", "x", "-y", f"-p{key}", f"-o{out}", url], capture_output=True)
+    assert done.returncode == 0, done.stdout
+    assert next(out.iterdir()).read_text().splitlines()[1].startswith(uid)
+
+
+@pytest.mark.parametrize(
+    ("key", "words"),
+    [("a" * 81, "at most 80"), ("pässword", "non-ASCII"), ("", "Not a Valid Request")],
+)
+def test_zipcrypto_key_limits(make_world, key, words):
+    w = make_world(PUI_ZIP_ENCRYPTION="zipcrypto")
+    pid = "p-zkeys"
+    w.enrol(pid, ids(1)[0], pii=False)
+    w.submit("rz", request_data(pid, []), key=key)
+    w.submit("rz-80", request_data(pid, []), key="b" * 80)
+    assert w.run_once() == (1, 1)
+    assert words in w.row("rz")["err_message"]
+    assert w.row("rz-80")["status"] == "SUCCESS"
+    (url,) = w.row("rz-80")["download_urls"]
+    with zipfile.ZipFile(url) as zf:
+        assert zf.read(zf.namelist()[0], pwd=b"b" * 80).startswith(b"User UUID")
+
+
+def test_a_refused_key_is_refused_before_any_data_is_read(world):
+    # The program has no rows: a key check after the read would say "No Data Found".
+    world.submit("rlong", request_data("p-nothing", []), key="k" * 200)
+    assert world.run_once() == (0, 1)
+    assert "at most 99 bytes" in world.row("rlong")["err_message"]

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import uuid
 
 import psycopg
 
 from dataflow.config import ConfigError
-from dataflow.exhaust import requests, settings
+from dataflow.exhaust import archive, requests, safe, settings
 from dataflow.exhaust.layout import LayoutError
 
 DESCRIPTION = """\
@@ -25,12 +26,15 @@ commands:
   run                  keep polling for requests every --poll-interval seconds
   submit               add a request (prints its request_id)
   status REQUEST_ID    show a request's row (--url: and a signed download URL of its report)
-  init-db              create the job_request table if it does not exist
+  init-db              create the job_request table if it does not exist (the only command
+                       that creates anything: the others need only SELECT, INSERT, UPDATE on it)
+  seed-demo            create what the exhaust reads and fill it with a sample program
 
 configuration (environment): PUI_POSTGRES_DSN, PUI_REDIS_URL (with the DB index), PUI_CASSANDRA_*
 (as for the streaming job), PUI_USER_KEYSPACE, PUI_REPORT_STORE, PUI_DATA_SECURITY_LEVEL,
 PUI_ZIP_ENCRYPTION, PUI_ENCRYPTION_SALT, PUI_EXHAUST_MODEL_CONFIG, PUI_PROCESSING_TIMEOUT,
-PUI_POLL_INTERVAL, PUI_STORAGE_* (cloud storage of the reports); see docs/exhaust.md.
+PUI_POLL_INTERVAL, PUI_REPORT_FILE_MODE, PUI_STORE_WAIT, PUI_STORAGE_* (cloud storage of the
+reports); see docs/exhaust.md.
 """
 
 
@@ -53,12 +57,23 @@ def parser() -> argparse.ArgumentParser:
         "--filter",
         action="append",
         default=[],
-        metavar="NAME OP VALUE",
-        help="an extra program_enrollment filter, e.g. \"user_locations['district_id'] = 123\"",
+        metavar="'NAME OP VALUE'",
+        help="an extra program_enrollment filter, one quoted argument: NAME, an operator "
+        "(= == != > >= < <=), then the VALUE, which is everything after the operator, spaces "
+        "included (surrounding quotes are removed): "
+        "--filter \"user_locations['district_id'] = 123\" "
+        "--filter 'organisation_name = Karnataka Education'",
     )
-    submit.add_argument("--encryption-key", required=True, help="the zip password")
+    submit.add_argument(
+        "--encryption-key",
+        required=True,
+        help=f"the zip password: AES-256 zips take at most {archive.AES_MAX_BYTES} bytes "
+        f"(UTF-8), ZipCrypto ones at most {archive.ZIPCRYPTO_MAX_CHARS} ASCII characters",
+    )
     submit.add_argument("--requested-by", required=True)
-    submit.add_argument("--request-id", default=None)
+    submit.add_argument(
+        "--request-id", default=None, help=f"default: a random one ({safe.ID_RULE})"
+    )
     status = sub.add_parser("status", help="show a request")
     status.add_argument("request_id")
     status.add_argument(
@@ -67,16 +82,44 @@ def parser() -> argparse.ArgumentParser:
         help="print a signed download URL of the report (valid PUI_STORAGE_URL_EXPIRY seconds)",
     )
     sub.add_parser("init-db", help="create the job_request table")
+    demo = sub.add_parser(
+        "seed-demo",
+        help="create the tables the exhaust reads, fill them with a sample program and submit "
+        "a request for its report (prints the request_id)",
+    )
+    demo.add_argument("--program-id", default="demo-program")
+    demo.add_argument("--users", type=int, default=20, help="enrolled users (1 to 10000)")
+    demo.add_argument("--encryption-key", default="demo-password", help="the demo zip password")
+    demo.add_argument("--no-request", action="store_true", help="seed only, submit nothing")
+    demo.add_argument(
+        "--force",
+        action="store_true",
+        help="seed even when Cassandra or Redis is not on this machine",
+    )
     return p
+
+
+FILTER = re.compile(r"\s*(?P<name>[^=<>!]*?)\s*(?P<op>==|!=|>=|<=|=|>|<)\s*(?P<value>.*?)\s*")
+
+
+def parse_filter(text: str) -> dict:
+    """``NAME OP VALUE`` -> a filter triple; the value is the rest of the text, spaces and
+    operator characters included, without surrounding quotes."""
+    match = FILTER.fullmatch(text)
+    if match is None or not match["name"] or not match["value"]:
+        raise SystemExit(
+            f"--filter {text!r}: write NAME OPERATOR VALUE, e.g. "
+            "'organisation_name = Karnataka Education' (operators = == != > >= < <=)"
+        )
+    value = match["value"]
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        value = value[1:-1]
+    return {"name": match["name"], "operator": match["op"], "value": value}
 
 
 def request_data(program_id: str, extra: list[str]) -> dict:
     table_filters = [{"name": "program_id", "operator": "=", "value": program_id}]
-    for text in extra:
-        parts = text.rsplit(" ", 2) if text.count(" ") >= 2 else []
-        if len(parts) != 3:
-            raise SystemExit(f"--filter {text!r}: write NAME OPERATOR VALUE")
-        table_filters.append({"name": parts[0], "operator": parts[1], "value": parts[2]})
+    table_filters += [parse_filter(text) for text in extra]
     return {
         "type": requests.JOB_ID,
         "params": {
@@ -109,6 +152,35 @@ def _print_signed_url(conf: settings.ExhaustSettings, row: dict) -> int:
     return 0
 
 
+def _submit(conf: settings.ExhaustSettings, conn: psycopg.Connection, args) -> int:
+    rid = args.request_id or uuid.uuid4().hex
+    problem = safe.id_problem(rid) or archive.key_problem(
+        args.encryption_key, conf.security_level, conf.zip_encryption
+    )
+    if problem is not None:
+        if problem == "Not a Valid Request":
+            problem = "the encryption key is empty"
+        print(f"program-user-info exhaust: {problem}", file=sys.stderr)
+        return 2
+    try:
+        requests.submit(
+            conn,
+            rid,
+            request_data(args.program_id, args.filter),
+            args.encryption_key,
+            args.requested_by,
+        )
+    except psycopg.errors.UniqueViolation:
+        print(
+            f"program-user-info exhaust: a request with request_id {rid} already exists "
+            f"(see: python -m dataflow.exhaust status {rid})",
+            file=sys.stderr,
+        )
+        return 1
+    print(rid)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(
@@ -126,30 +198,27 @@ def main(argv: list[str] | None = None) -> int:
 
             worker = Worker(conf, progress=not args.no_progress and sys.stderr.isatty())
             try:
-                requests.init_db(worker.postgres())
                 if args.once:
                     done, failed = worker.run_once()
-                    logging.getLogger("dataflow.exhaust").info(
-                        "done: %d succeeded, %d failed", done, failed
-                    )
-                    return 1 if failed else 0
+                    log = logging.getLogger("dataflow.exhaust")
+                    if worker.unavailable is not None:
+                        log.error("stopped: %s", worker.unavailable)
+                    log.info("done: %d succeeded, %d failed", done, failed)
+                    return 1 if failed or worker.unavailable is not None else 0
                 worker.poll(args.poll_interval or conf.poll_interval)
             finally:
                 worker.close()
             return 0
+        if args.command == "seed-demo":
+            from dataflow.exhaust import demo
+
+            return demo.main(conf, args)
         conn = requests.connect(conf.postgres_dsn, conf.processing_timeout)
         with conn:
-            requests.init_db(conn)
-            if args.command == "submit":
-                rid = args.request_id or uuid.uuid4().hex
-                requests.submit(
-                    conn,
-                    rid,
-                    request_data(args.program_id, args.filter),
-                    args.encryption_key,
-                    args.requested_by,
-                )
-                print(rid)
+            if args.command == "init-db":
+                requests.init_db(conn)
+            elif args.command == "submit":
+                return _submit(conf, conn, args)
             elif args.command == "status":
                 row = conn.execute(
                     "SELECT request_id, status, iteration, download_urls, err_message, "
@@ -157,12 +226,29 @@ def main(argv: list[str] | None = None) -> int:
                     (args.request_id,),
                 ).fetchone()
                 if row is None:
-                    print(f"no request {args.request_id}", file=sys.stderr)
+                    print(f"no request {safe.shown(args.request_id)}", file=sys.stderr)
                     return 1
                 print(json.dumps(row, default=str, indent=2))
                 if args.url:
                     return _print_signed_url(conf, row)
         return 0
+    except ConfigError as exc:
+        print(f"program-user-info exhaust: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except psycopg.errors.UndefinedTable:
+        print(
+            "program-user-info exhaust: the job_request table does not exist: run "
+            "`python -m dataflow.exhaust init-db` once, as a role allowed to create tables",
+            file=sys.stderr,
+        )
+        return 1
+    except psycopg.errors.InsufficientPrivilege as exc:
+        print(
+            f"program-user-info exhaust: PostgreSQL refused: {str(exc).strip().splitlines()[0]} "
+            "(the exhaust needs SELECT, INSERT, UPDATE on job_request)",
+            file=sys.stderr,
+        )
+        return 1
     except LayoutError as exc:
         print(f"program-user-info exhaust: {exc}", file=sys.stderr)
         return 2

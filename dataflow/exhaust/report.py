@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ class Counts:
     consenting: int = 0
     missing_in_cache: int = 0
     undecryptable: int = 0
+    encrypted: int = 0  # email and phone values that were decrypted, or tried
     # Wall seconds per phase, for the log line that says where a slow report spent its time.
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -153,6 +155,7 @@ def personal_cells(
             encrypted.append((row, 1, enc_phone))
         if enc_email:
             encrypted.append((row, 2, enc_email))
+    tally.encrypted += len(encrypted)
     plain = crypto.decrypt_many([value for _, _, value in encrypted], salt)
     for (row, slot, _), text in zip(encrypted, plain, strict=True):
         if text is None:
@@ -223,7 +226,9 @@ def write_csv(
         )
         ordered = [item for item, _ in keyed]
         del keyed, people
-    with path.open("w", encoding="utf-8", newline="") as out:
+    # Personal data: readable by its owner only, whatever the umask.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "w", encoding="utf-8", newline="") as out:
         writer = csv.writer(out, lineterminator="\r\n")
         writer.writerow([safe_cell(label) for label, _ in layout.columns])
         for n in range(0, len(ordered), CHUNK):

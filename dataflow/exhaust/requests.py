@@ -67,6 +67,15 @@ def init_db(conn: psycopg.Connection) -> None:
     conn.execute("CREATE INDEX IF NOT EXISTS job_request_pending ON job_request (job_id, status)")
 
 
+def has_pending(conn: psycopg.Connection) -> bool:
+    """Whether a request waits (so a worker connects to its stores only when there is work)."""
+    args = {"job": JOB_ID, "max": MAX_ITERATIONS, "cls": LOCK_CLASS}
+    return (
+        conn.execute(f"SELECT 1 FROM job_request WHERE {PENDING} LIMIT 1", args).fetchone()
+        is not None
+    )
+
+
 def claim(conn: psycopg.Connection, skip: set[str] | frozenset = frozenset()) -> Claim | None:
     """Take the oldest pending request and its identical twins; None when there is none.
     ``skip``: requests this run already attempted (a retry waits for the next run)."""

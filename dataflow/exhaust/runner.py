@@ -6,17 +6,24 @@ import dataclasses
 import datetime as dt
 import gc
 import logging
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 import redis
-from cassandra import ConsistencyLevel
+from cassandra import ConsistencyLevel, OperationTimedOut, ReadTimeout, Unavailable
+from cassandra.cluster import NoHostAvailable
 from tqdm import tqdm
 
 from dataflow.cassandra_session import connect as cassandra_connect
+from dataflow.cassandra_session import describe as describe_cassandra
+from dataflow.config import ConfigError
 from dataflow.exhaust import archive, filters, layout, requests, safe, sources, storage
 from dataflow.exhaust.report import IST, Counts, Rows, write_csv
 from dataflow.exhaust.settings import ExhaustSettings
@@ -46,6 +53,15 @@ class ReportFailed(RuntimeError):
     """A failure meant for ``err_message``: the text is what the requester reads."""
 
 
+class StoreUnavailable(ReportFailed):
+    """Cassandra or Redis did not answer within ``PUI_STORE_WAIT``: the request fails by the
+    retry rules and the run stops, since the next requests would wait for the same store."""
+
+
+# Driver errors that mean Cassandra is away, not that the request is wrong.
+CASSANDRA_AWAY = (NoHostAvailable, OperationTimedOut, ReadTimeout, Unavailable)
+
+
 @dataclass
 class Worker:
     settings: ExhaustSettings
@@ -53,6 +69,16 @@ class Worker:
 
     def __post_init__(self) -> None:
         self.layout = layout.load(self.settings.model_config)
+        shown = {name for _, name in self.layout.columns}
+        if not self.settings.salt and shown & {"email", "phone"}:
+            # Without it every email and phone would come out blank in a "successful" report.
+            raise ConfigError(
+                "PUI_ENCRYPTION_SALT is not set: reports show email and phone, which the user "
+                "cache holds encrypted with the deployment's salt (Sunbird's "
+                "sunbird_encryption_key); set it to that value"
+            )
+        # Why the last run stopped early (a store was unreachable), or None.
+        self.unavailable: str | None = None
         self.pg: psycopg.Connection | None = None
         self.cluster = None
         self.session = None
@@ -70,7 +96,12 @@ class Worker:
 
     def cassandra(self):
         if self.session is None:
-            self.cluster, self.session = cassandra_connect(self.settings.cassandra, wait=60)
+            try:
+                self.cluster, self.session = cassandra_connect(
+                    self.settings.cassandra, wait=self.settings.store_wait
+                )
+            except ConnectionError as exc:
+                raise StoreUnavailable(f"{exc} (waited {self.settings.store_wait:g} s)") from None
             sources.add_tuple_profile(
                 self.cluster,
                 ConsistencyLevel.name_to_value[self.settings.cassandra.cassandra_consistency],
@@ -88,9 +119,19 @@ class Worker:
 
     def run_once(self) -> tuple[int, int]:
         """Process pending requests until none is left; returns how many requests succeeded
-        and failed (identical requests served by one report count one each)."""
+        and failed (identical requests served by one report count one each). When a store
+        is unreachable the run stops early and ``self.unavailable`` says why."""
         done = failed = 0
         attempted: set[str] = set()
+        self.unavailable = None
+        if self.session is None and requests.has_pending(self.postgres()):
+            try:
+                # Connected before any request is claimed: an unreachable Cassandra costs no
+                # request an attempt, the requests simply wait for the next run.
+                self.cassandra()
+            except StoreUnavailable as exc:
+                self.unavailable = str(exc)
+                return 0, 0
         while True:
             claim = requests.claim(self.postgres(), attempted)
             if claim is None:
@@ -99,6 +140,8 @@ class Worker:
             ok, bad = self.process(claim)
             done += ok
             failed += bad
+            if self.unavailable is not None:
+                return done, failed
 
     def process(self, claim: requests.Claim) -> tuple[int, int]:
         """Serve one claim; returns how many of its requests succeeded and failed."""
@@ -139,6 +182,8 @@ class Worker:
             requests.fail(conn, claim, str(exc), millis)
             log.warning("request %s: FAILED: %s", safe.shown(claim.request_id), safe.shown(exc))
             requests.release(conn, claim)
+            if isinstance(exc, StoreUnavailable):
+                self.unavailable = str(exc)
             return False
         finally:
             gc.unfreeze()  # the report's rows, frozen by build(), are garbage now
@@ -161,10 +206,14 @@ class Worker:
         return True
 
     def build(self, claim: requests.Claim):
-        if claim.request_data is None or claim.encryption_key is None:
-            raise ReportFailed("Not a Valid Request")
-        request = filters.parse(claim.request_data)
         s = self.settings
+        if claim.request_data is None:
+            raise ReportFailed("Not a Valid Request")
+        # Checked before anything is read: a key no unzip tool takes makes a useless report.
+        problem = archive.key_problem(claim.encryption_key, s.security_level, s.zip_encryption)
+        if problem is not None:
+            raise ReportFailed(problem)
+        request = filters.parse(claim.request_data)
         counts = Counts()
         clock = time.monotonic()
 
@@ -199,7 +248,12 @@ class Worker:
             lap("consents")
         except ReportFailed:
             raise
-        except Exception as exc:  # any driver error becomes one clear line
+        except CASSANDRA_AWAY as exc:
+            raise StoreUnavailable(
+                f"Cassandra stopped answering while the report was read: "
+                f"{type(exc).__name__}: {describe_cassandra(exc)[:200]}"
+            ) from None
+        except Exception as exc:  # any other driver error becomes one clear line
             log.debug("request %s failed", safe.shown(claim.request_id), exc_info=True)
             raise ReportFailed(
                 f"reading the report data failed: {type(exc).__name__}: {str(exc)[:200]}"
@@ -207,8 +261,9 @@ class Worker:
         folder = s.report_store / FOLDER
         folder.mkdir(parents=True, exist_ok=True)
         day = dt.datetime.now(IST).strftime("%Y%m%d")
-        csv_path = folder / f"{claim.request_id}_{day}.csv"
-        if csv_path.resolve().parent != folder.resolve():
+        name = f"{claim.request_id}_{day}"
+        final = folder / f"{name}.zip"
+        if final.resolve().parent != folder.resolve():
             # process() refuses unsafe ids; this keeps a future caller from escaping the store.
             raise ReportFailed(f"refused: the report would leave the report store ({safe.ID_RULE})")
         bar = tqdm(
@@ -231,28 +286,65 @@ class Worker:
         def lookup(user_ids: list[str]) -> dict[str, tuple]:
             began = time.monotonic()
             try:
-                return sources.pii(self.cache, user_ids)
+                return self.read_cache(user_ids)
             finally:
                 counts.seconds["user cache"] += time.monotonic() - began
 
+        # The plaintext CSV, and the zip until it is complete, live in a folder only this
+        # user can enter (mkdtemp makes it 0700), removed whatever happens. It is made
+        # inside the store so that the finished zip moves into place by a rename (same file
+        # system): no reader ever sees a partial zip.
+        work = Path(tempfile.mkdtemp(prefix=".building-", dir=s.report_store))
         try:
+            csv_path = work / f"{name}.csv"
             write_csv(csv_path, rows, consents, lookup, s.salt, counts, progress)
             bar.update(len(rows) - last[0])
             bar.close()
             lap("csv")
             counts.seconds["csv"] -= counts.seconds["user cache"]
-            path = archive.pack(csv_path, s.security_level, claim.encryption_key, s.zip_encryption)
+            if counts.encrypted and counts.undecryptable == counts.encrypted:
+                raise ReportFailed(
+                    f"none of the {counts.encrypted} encrypted email and phone values of the "
+                    "report decrypted: PUI_ENCRYPTION_SALT is not the salt the user cache was "
+                    "encrypted with (Sunbird's sunbird_encryption_key)"
+                )
+            packed = archive.pack(
+                csv_path, s.security_level, claim.encryption_key, s.zip_encryption
+            )
+            os.chmod(packed, s.report_mode)
+            os.replace(packed, final)
             lap("zip")
         except redis.RedisError as exc:
-            csv_path.unlink(missing_ok=True)
             raise ReportFailed(
-                f"the user cache (Redis) is unavailable: {type(exc).__name__}"
+                f"the user cache (Redis) failed: {type(exc).__name__}: {str(exc)[:200]}"
             ) from None
         except (OSError, archive.ArchiveError) as exc:
-            csv_path.unlink(missing_ok=True)
             raise ReportFailed(f"writing the report failed: {exc}") from None
+        finally:
+            bar.close()
+            shutil.rmtree(work, ignore_errors=True)
         # Identical requests share this one file: succeed() gives them all its path.
-        return path, counts
+        return final, counts
+
+    def read_cache(self, user_ids: list[str]) -> dict[str, tuple]:
+        """PII from the user cache, waiting up to PUI_STORE_WAIT while Redis is unreachable."""
+        deadline = time.monotonic() + self.settings.store_wait
+        attempt = 0
+        while True:
+            try:
+                return sources.pii(self.cache, user_ids)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                attempt += 1
+                left = deadline - time.monotonic()
+                reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+                if left <= 0:
+                    raise StoreUnavailable(
+                        f"the user cache (Redis) is not reachable: {reason} "
+                        f"(waited {self.settings.store_wait:g} s)"
+                    ) from None
+                pause = min(2**attempt, 30, left)
+                log.warning("Redis not reachable (%s); retrying in %.0fs", reason, pause)
+                time.sleep(pause)
 
     def poll(self, interval: float, stop=lambda: False) -> None:
         while not stop():
@@ -260,6 +352,8 @@ class Worker:
                 done, failed = self.run_once()
                 if done or failed:
                     log.info("processed %d request(s), %d failed", done + failed, failed)
+                if self.unavailable is not None:
+                    log.warning("stopped early: %s; retrying in %.0fs", self.unavailable, interval)
             except psycopg.OperationalError as exc:
                 log.warning("PostgreSQL unavailable (%s); retrying in %.0fs", exc, interval)
                 self.pg = None

@@ -11,7 +11,7 @@ from pathlib import Path
 from dataflow import config
 from dataflow.config import ConfigError
 from dataflow.exhaust import storage
-from dataflow.exhaust.archive import ENCRYPTIONS, LEVELS, PROTECTED
+from dataflow.exhaust.archive import ENCRYPTIONS, LEVELS, PROTECTED, seven_zip
 from dataflow.schema import check_identifier
 
 ENV_VARS = (
@@ -25,6 +25,8 @@ ENV_VARS = (
     "PUI_EXHAUST_MODEL_CONFIG",
     "PUI_PROCESSING_TIMEOUT",
     "PUI_POLL_INTERVAL",
+    "PUI_REPORT_FILE_MODE",
+    "PUI_STORE_WAIT",
     *storage.ENV_VARS,
 )
 SECRETS = ("PUI_ENCRYPTION_SALT", *storage.SECRETS)
@@ -43,6 +45,9 @@ class ExhaustSettings:
     model_config: str | None = None
     processing_timeout: int = 600
     poll_interval: float = 60.0
+    report_mode: int = 0o600
+    # Seconds a request waits for an unreachable Cassandra or Redis before it gives up.
+    store_wait: float = 60.0
     storage: storage.StorageSettings = field(default_factory=storage.StorageSettings)
 
 
@@ -57,6 +62,21 @@ def _number(env: Mapping[str, str], name: str, default: str, low: float, high: f
     return value
 
 
+def _mode(env: Mapping[str, str]) -> int:
+    raw = (env.get("PUI_REPORT_FILE_MODE") or "0600").strip()
+    try:
+        mode = int(raw, 8)
+    except ValueError:
+        mode = -1
+    # Reports are data, never programs; a mode its owner cannot read would fail every download.
+    if not 0 <= mode <= 0o777 or mode & 0o111 or not mode & 0o400:
+        raise ConfigError(
+            "PUI_REPORT_FILE_MODE must be an octal file mode without execute bits that lets the "
+            f"owner read, such as 0600 or 0640, not {raw!r}"
+        )
+    return mode
+
+
 def load(environ: Mapping[str, str] | None = None) -> ExhaustSettings:
     env = dict(os.environ if environ is None else environ)
     level = (env.get("PUI_DATA_SECURITY_LEVEL") or PROTECTED).strip().upper()
@@ -65,6 +85,12 @@ def load(environ: Mapping[str, str] | None = None) -> ExhaustSettings:
     encryption = (env.get("PUI_ZIP_ENCRYPTION") or "aes256").strip().lower()
     if encryption not in ENCRYPTIONS:
         raise ConfigError(f"PUI_ZIP_ENCRYPTION must be one of {', '.join(ENCRYPTIONS)}")
+    if encryption == "zipcrypto" and level == PROTECTED and seven_zip() is None:
+        raise ConfigError(
+            "PUI_ZIP_ENCRYPTION=zipcrypto needs the 7z program (Debian package p7zip-full), "
+            "which is not installed here (the project's container image has none): "
+            "use aes256, or install 7z"
+        )
     redis_url = env.get("PUI_REDIS_URL") or ExhaustSettings.redis_url
     if not redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError("PUI_REDIS_URL must be a redis:// URL (with the DB index, e.g. /12)")
@@ -85,5 +111,7 @@ def load(environ: Mapping[str, str] | None = None) -> ExhaustSettings:
         model_config=env.get("PUI_EXHAUST_MODEL_CONFIG") or None,
         processing_timeout=int(_number(env, "PUI_PROCESSING_TIMEOUT", "600", 10, 86400)),
         poll_interval=_number(env, "PUI_POLL_INTERVAL", "60", 0.1, 86400),
+        report_mode=_mode(env),
+        store_wait=_number(env, "PUI_STORE_WAIT", "60", 0, 3600),
         storage=storage.load(env),
     )
