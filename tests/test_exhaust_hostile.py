@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -313,3 +315,172 @@ def test_a_refused_key_is_refused_before_any_data_is_read(world):
     world.submit("rlong", request_data("p-nothing", []), key="k" * 200)
     assert world.run_once() == (0, 1)
     assert "at most 99 bytes" in world.row("rlong")["err_message"]
+
+
+# --- honest failure -------------------------------------------------------------------------
+
+
+def run_cli(w: World, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dataflow.exhaust", *args],
+        env={**w.env, **(env or {})},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_wrong_salt_fails_the_request_naming_the_setting(make_world):
+    w = make_world(PUI_ENCRYPTION_SALT="not-the-salt")
+    pid = "p-salt"
+    pii_program(w, pid, 3)  # encrypted with SALT, 6 values
+    w.submit("rsalt", request_data(pid, []))
+    assert w.run_once() == (0, 1)
+    row = w.row("rsalt")
+    assert row["status"] == "FAILED"
+    assert "none of the 6 encrypted email and phone values" in row["err_message"]
+    assert "PUI_ENCRYPTION_SALT" in row["err_message"]
+    assert "not-the-salt" not in row["err_message"]
+    assert row["download_urls"] is None
+
+
+def test_a_few_undecryptable_values_stay_blank_and_counted(world):
+    pid = "p-few"
+    users = pii_program(world, pid, 3)
+    world.cache(users[0], email="corrupt")
+    world.submit("rfew", request_data(pid, []))
+    run = run_cli(world, "run", "--once")
+    assert run.returncode == 0, run.stderr
+    assert "1 undecryptable values" in run.stderr
+    text = world.csv_of("rfew")
+    assert "corrupt" not in text
+    assert f"{users[1]}@example.org" in text
+
+
+def test_run_refuses_to_start_without_a_salt(world, tmp_path):
+    pid = "p-nosalt"
+    world.enrol(pid, ids(1)[0], pii=False)
+    world.submit("rns", request_data(pid, []))
+    run = run_cli(world, "run", "--once", env={"PUI_ENCRYPTION_SALT": ""})
+    assert run.returncode == 2
+    assert "PUI_ENCRYPTION_SALT is not set" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert world.row("rns")["status"] == "SUBMITTED"
+    # A layout without email and phone needs no salt.
+    model = json.loads((ROOT / "dataflow/exhaust/default_model.json").read_text())
+    params = model["modelParams"]
+    for field in ("email", "phone"):
+        label = params["label_mapping"].pop(field)
+        params["order_of_csv_column"].remove(label)
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(model))
+    run = run_cli(
+        world,
+        "run",
+        "--once",
+        env={"PUI_ENCRYPTION_SALT": "", "PUI_EXHAUST_MODEL_CONFIG": str(path)},
+    )
+    assert run.returncode == 0, run.stderr
+    assert world.row("rns")["status"] == "SUCCESS"
+
+
+def test_cassandra_unreachable_bounded_wait_one_line_per_retry(world):
+    pid = "p-cass-down"
+    world.enrol(pid, ids(1)[0], pii=False)
+    world.submit("rcd", request_data(pid, []))
+    began = time.monotonic()
+    # Port 1 on this machine: a real server address where nothing listens.
+    run = run_cli(world, "run", "--once", env={"PUI_CASSANDRA_PORT": "1", "PUI_STORE_WAIT": "3"})
+    took = time.monotonic() - began
+    assert run.returncode == 1, run.stderr
+    assert took < 30
+    lines = run.stderr.splitlines()
+    retries = [line for line in lines if "Cassandra not reachable" in line]
+    assert len(retries) >= 1
+    assert "Traceback" not in run.stderr
+    assert not [line for line in lines if not line.startswith("20")], run.stderr  # one-liners
+    assert "stopped: Cassandra is not reachable at 127.0.0.1:1" in run.stderr
+    # No request was taken: it waits, with all its attempts, for Cassandra to be back.
+    row = world.row("rcd")
+    assert (row["status"], row["iteration"]) == ("SUBMITTED", 0)
+    assert run_cli(world, "run", "--once").returncode == 0
+    assert world.row("rcd")["status"] == "SUCCESS"
+
+
+def test_redis_unreachable_fails_by_the_retry_rules_and_stops_the_run(world):
+    pid = "p-redis-down"
+    pii_program(world, pid, 2)
+    world.submit("rr1", request_data(pid, []))
+    world.submit("rr2", request_data(pid, []), key="another-key")
+    run = run_cli(
+        world,
+        "run",
+        "--once",
+        env={"PUI_REDIS_URL": "redis://127.0.0.1:1/5", "PUI_STORE_WAIT": "2"},
+    )
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" not in run.stderr
+    assert len([line for line in run.stderr.splitlines() if "Redis not reachable" in line]) >= 1
+    first = world.row("rr1")
+    assert (first["status"], first["iteration"]) == ("FAILED", 1)
+    assert "the user cache (Redis) is not reachable" in first["err_message"]
+    # The run stopped: the next request was not made to wait for the same Redis.
+    assert (world.row("rr2")["status"], world.row("rr2")["iteration"]) == ("SUBMITTED", 0)
+    assert "done: 0 succeeded, 1 failed" in run.stderr
+    # Redis back (the real URL): the failed request is retried and both succeed.
+    again = run_cli(world, "run", "--once")
+    assert again.returncode == 0, again.stderr
+    assert world.row("rr1")["status"] == world.row("rr2")["status"] == "SUCCESS"
+
+
+def test_final_line_counts_requests_not_reports(world):
+    pid = "p-count"
+    world.enrol(pid, ids(1)[0], pii=False)
+    for rid in ("t1", "t2", "t3"):
+        world.submit(rid, request_data(pid, []))
+    world.submit("solo", request_data(pid, []), key="other")
+    run = run_cli(world, "run", "--once")
+    assert run.returncode == 0, run.stderr
+    assert "done: 4 succeeded, 0 failed" in run.stderr
+
+
+def test_least_privilege_role_runs_everything_but_init_db(world, postgres_dsn):
+    role = f"{world.name}_app"
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f"GRANT USAGE ON SCHEMA {world.name} TO {role}")
+        admin.execute(f"GRANT SELECT, INSERT, UPDATE ON {world.name}.job_request TO {role}")
+    try:
+        env = {"PUI_POSTGRES_DSN": world.dsn.replace("postgres@", f"{role}@", 1)}
+        pid = "p-role"
+        world.enrol(pid, ids(1)[0], pii=False)
+        sub = run_cli(
+            world, "submit", "--program-id", pid, "--encryption-key", KEY, "--requested-by",
+            "me", "--request-id", "rrole", env=env,
+        )  # fmt: skip
+        assert sub.returncode == 0, sub.stderr
+        run = run_cli(world, "run", "--once", env=env)
+        assert run.returncode == 0, run.stderr
+        status = run_cli(world, "status", "rrole", env=env)
+        assert status.returncode == 0, status.stderr
+        assert '"status": "SUCCESS"' in status.stdout
+        # init-db is the one command that creates: this role may not, and is told in a line.
+        init = run_cli(world, "init-db", env=env)
+        assert init.returncode == 1
+        assert "PostgreSQL refused: permission denied" in init.stderr
+        assert "Traceback" not in init.stderr
+    finally:
+        with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+            admin.execute(f"DROP OWNED BY {role}")
+            admin.execute(f"DROP ROLE {role}")
+
+
+def test_a_missing_table_is_one_line_naming_init_db(world):
+    world.pg.execute("DROP TABLE job_request")
+    for args in (("status", "x"), ("run", "--once")):
+        run = run_cli(world, *args)
+        assert run.returncode == 1
+        assert "the job_request table does not exist" in run.stderr
+        assert "init-db" in run.stderr
+        assert "Traceback" not in run.stderr

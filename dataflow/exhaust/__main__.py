@@ -181,11 +181,35 @@ def _submit(conf: settings.ExhaustSettings, conn: psycopg.Connection, args) -> i
     return 0
 
 
+class DriverLines(logging.Filter):
+    """The Cassandra driver's records as one line each, without tracebacks.
+
+    While Cassandra is unreachable the driver logs each failed attempt at ERROR with a full
+    traceback; dataflow.cassandra already logs one line per attempt, so that record is
+    dropped, and any other driver traceback becomes its exception's one-line summary.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("cassandra"):
+            return True
+        if record.getMessage().startswith("Control connection failed to connect"):
+            return False
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()} {type(exc).__name__}: {str(exc)[:300]}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(DriverLines())
     logging.getLogger("cassandra").setLevel(logging.ERROR)
     try:
         conf = settings.load()

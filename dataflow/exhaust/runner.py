@@ -130,7 +130,7 @@ class Worker:
                 # request an attempt, the requests simply wait for the next run.
                 self.cassandra()
             except StoreUnavailable as exc:
-                self.unavailable = str(exc)
+                self.unavailable = f"{exc}; no request was taken, they wait for the next run"
                 return 0, 0
         while True:
             claim = requests.claim(self.postgres(), attempted)
