@@ -8,12 +8,14 @@ Needs the local stack (`scripts/services up`). In order, on one fresh topic of 4
 
 1. produce N realistic events (distinct users, 20 programs);
 2. Kafka ceiling: one confluent-kafka consumer reading all of them as fast as it can;
-3. sink ceilings: the same rows, flattened beforehand, written with cassandra-driver as
-   (a) concurrent single-row inserts and (b) unlogged batches per partition key; the faster is
-   the ceiling;
+3. sink ceilings: the same rows, flattened beforehand, written (a) by the extension's own
+   writer (the Rust engine's statements and batching, no flattening inside the clock) with
+   32-256 requests in flight: the **native ceiling**, what Cassandra itself absorbs from a
+   cheap client; (b) with cassandra-driver as concurrent single-row inserts and as unlogged
+   batches per partition key (the Python engine's best case);
 4. the dataflow from the earliest offset until the topic is drained and every row is in
    Cassandra, per configuration (engine, number of Bytewax processes): events/s, CPU seconds
-   and peak RSS of the dataflow processes;
+   client CPU µs per event (user + system of the dataflow processes) and their peak RSS;
 5. latency: the job running, events produced at half the best measured rate (or
    ``--paced-rate``); p50/p99 of produce → write acknowledged by Cassandra, from the job's
    `pui_event_age_seconds`; with ``--soak-minutes`` the same for that long while RSS,
@@ -114,6 +116,39 @@ def flattened_rows(events: list[bytes]) -> list[tuple]:
             if kind == "upsert":
                 rows.append((*row, ts if ts is not None else 0))
     return rows
+
+
+NATIVE_CONCURRENCY = (32, 64, 128, 256)
+
+
+def native_ceilings(settings: config.Settings, events: list[bytes]) -> dict[str, float]:
+    """The Rust engine's writer on pre-flattened rows, concurrency swept (a fresh table each)."""
+    from dataflow import flatten_rs
+
+    cluster, session = connect(settings, wait=60)
+    ks = settings.cassandra_keyspace
+    out = {}
+    try:
+        for n in NATIVE_CONCURRENCY:
+            session.execute(f"DROP TABLE IF EXISTS {ks}.native", timeout=60)
+            session.execute(program_enrollment_ddl(ks, "native"), timeout=60)
+            writer = flatten_rs.Writer(
+                hosts=list(settings.cassandra_hosts),
+                port=settings.cassandra_port,
+                keyspace=ks,
+                table="native",
+                consistency=settings.cassandra_consistency,
+                max_in_flight=n,
+            )
+            try:
+                seconds, rows = writer.load_preflattened(events, time.time_ns() // 1000)
+            finally:
+                writer.close()
+            out[f"native (Rust writer), {n} in flight"] = rows / seconds
+        session.execute(f"DROP TABLE IF EXISTS {ks}.native", timeout=60)
+    finally:
+        cluster.shutdown()
+    return out
 
 
 def sink_ceilings(settings: config.Settings, rows: list[tuple]) -> dict[str, float]:
@@ -486,9 +521,11 @@ def main() -> int:
     if not args.no_ceilings:
         say("Kafka ceiling")
         results["kafka_ceiling_per_s"] = kafka_ceiling(settings, len(events))
-        say("sink ceilings")
+        say("native ceiling")
+        results["sink_ceilings_per_s"] = native_ceilings(settings, events)
+        say("cassandra-driver ceilings")
         rows = flattened_rows(events)
-        results["sink_ceilings_per_s"] = sink_ceilings(settings, rows)
+        results["sink_ceilings_per_s"] |= sink_ceilings(settings, rows)
         del rows
 
     for label in args.configs.split(","):
@@ -497,7 +534,7 @@ def main() -> int:
         run_env = job_env(
             name,
             **dict(item.split("=", 1) for item in args.job_env),
-            PUI_FLATTENER=engine,
+            PUI_ENGINE=engine,
             PUI_CASSANDRA_TABLE=table,
             PUI_GROUP_ID=f"{name}-{table}",
             PUI_STOP_AT_END="true",
@@ -538,19 +575,20 @@ def report(r: dict) -> None:
     print(f"Machine: {r['machine']}\n\n{r['events']:,} events, {PARTITIONS} partitions\n")
     print(
         "| what | events/s | vs sink ceiling | after start-up: events/s | vs sink ceiling "
-        "| start-up s | CPU s | peak RSS MiB |"
+        "| start-up s | CPU s | CPU µs/event | peak RSS MiB |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    print(f"| produce (confluent-kafka) | {r['produce_per_s']:,.0f} | | | | | | |")
-    print(f"| Kafka ceiling (one consumer) | {r['kafka_ceiling_per_s']:,.0f} | | | | | | |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| produce (confluent-kafka) | {r['produce_per_s']:,.0f} | | | | | | | |")
+    print(f"| Kafka ceiling (one consumer) | {r['kafka_ceiling_per_s']:,.0f} | | | | | | | |")
     for what, rate in r["sink_ceilings_per_s"].items():
-        print(f"| sink ceiling: {what} | {rate:,.0f} | {rate / ceiling:.0%} | | | | | |")
+        print(f"| sink ceiling: {what} | {rate:,.0f} | {rate / ceiling:.0%} | | | | | | |")
     for label, run in r["runs"].items():
         rate, steady = run["events_per_s"], run["events_per_s_after_startup"]
         print(
             f"| dataflow {label} | {rate:,.0f} | {rate / ceiling:.0%} | {steady:,.0f} | "
             f"{steady / ceiling:.0%} | {run['startup_seconds']:.1f} | "
-            f"{run['cpu_seconds']:.1f} | {run['peak_rss_mib']:.0f} |"
+            f"{run['cpu_seconds']:.1f} | {run['cpu_seconds'] / r['events'] * 1e6:.1f} | "
+            f"{run['peak_rss_mib']:.0f} |"
         )
     for key in ("latency", "soak"):
         if key in r and r[key]["samples"]:

@@ -2,8 +2,10 @@
 
 Every scenario reads the same input (versions of the same rows in several partitions, deletes)
 and must end with exactly the table of a clean run of that input, row for row, write times
-included. Servers are stopped and started with the project's own `scripts/services`, always
-brought back up, one at a time.
+included. The clean run uses the Python engine (the reference) and the scenarios the Rust
+engine, so each scenario is also a differential test of the two engines under that fault.
+Servers are stopped and started with the project's own `scripts/services`, always brought back
+up, one at a time.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def spread(values: list[bytes]) -> list[tuple[int, bytes, None]]:
 def source(kafka_brokers, cassandra_session):
     """One input topic for every scenario, and the table of a clean run over it."""
     name = f"rel{os.getpid()}{int(time.time()) % 100000}"
-    env = job_env(name)
+    env = job_env(name, PUI_ENGINE="python")
     settings = bootstrap(env, PARTITIONS)
     # Half as many users as events (a multiple of the 20 programs): every row has two versions
     # with different updatedAt; every 40th event is a delete.
@@ -72,7 +74,7 @@ def scenario_env(source, label: str, **extra: str) -> tuple[dict, config.Setting
         f"{source['name']}{label}",
         PUI_INPUT_TOPIC=source["topic"],
         PUI_LOG_INTERVAL="1",
-        **extra,
+        **({"PUI_ENGINE": "rust"} | extra),
     )
     return env, bootstrap(env, PARTITIONS)
 
