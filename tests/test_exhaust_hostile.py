@@ -484,3 +484,102 @@ def test_a_missing_table_is_one_line_naming_init_db(world):
         assert "the job_request table does not exist" in run.stderr
         assert "init-db" in run.stderr
         assert "Traceback" not in run.stderr
+
+
+# --- the command line -----------------------------------------------------------------------
+
+
+def test_submit_filter_values_with_spaces(world):
+    pid = "p-spaces"
+    a, b = ids(2)
+    world.enrol(pid, a, pii=False, org="Karnataka Education")
+    world.enrol(pid, b, pii=False, org="Karnataka")
+    sub = run_cli(
+        world, "submit", "--program-id", pid, "--encryption-key", KEY, "--requested-by", "me",
+        "--filter", "organisation_name = Karnataka Education", "--request-id", "rsp",
+    )  # fmt: skip
+    assert sub.returncode == 0, sub.stderr
+    (_, extra) = world.row("rsp")["request_data"]["params"]["filters"][0]["table_filters"]
+    assert extra == {"name": "organisation_name", "operator": "=", "value": "Karnataka Education"}
+    assert run_cli(world, "run", "--once").returncode == 0
+    assert [line.split(",")[0] for line in world.csv_of("rsp").splitlines()[1:]] == [a]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "organisation_name = Karnataka Education",
+            ("organisation_name", "=", "Karnataka Education"),
+        ),
+        ("organisation_name=A  B", ("organisation_name", "=", "A  B")),
+        ("user_locations['district_id'] != d 1", ("user_locations['district_id']", "!=", "d 1")),
+        ("updated_at >= 2023-01-01", ("updated_at", ">=", "2023-01-01")),
+        ("program_name == 'a = b '", ("program_name", "==", "a = b ")),
+    ],
+)
+def test_filter_parsing(text, expected):
+    from dataflow.exhaust.__main__ import parse_filter
+
+    got = parse_filter(text)
+    assert (got["name"], got["operator"], got["value"]) == expected
+
+
+def test_submit_refusals_are_one_line(world):
+    base = ["submit", "--program-id", "p", "--requested-by", "me"]
+    first = run_cli(world, *base, "--encryption-key", KEY, "--request-id", "dup")
+    assert first.returncode == 0, first.stderr
+    again = run_cli(world, *base, "--encryption-key", KEY, "--request-id", "dup")
+    assert again.returncode == 1
+    assert again.stderr.strip().splitlines() == [
+        "program-user-info exhaust: a request with request_id dup already exists "
+        "(see: python -m dataflow.exhaust status dup)"
+    ]
+    for extra, words in (
+        (["--encryption-key", KEY, "--request-id", "../x"], "refused: the request_id"),
+        (["--encryption-key", ""], "the encryption key is empty"),
+        (["--encryption-key", "k" * 100], "at most 99 bytes"),
+        (["--encryption-key", KEY, "--filter", "organisation_name Karnataka"], "NAME OPERATOR"),
+    ):
+        run = run_cli(world, *base, *extra)
+        assert run.returncode != 0
+        assert words in run.stderr
+        assert "Traceback" not in run.stderr
+    count = world.pg.execute("SELECT count(*) AS n FROM job_request").fetchone()["n"]
+    assert count == 1
+
+
+def test_seed_demo_then_a_report_in_three_commands(world, cassandra_session):
+    """On a database without job_request and keyspaces that do not exist yet."""
+    world.pg.execute("DROP TABLE job_request")
+    env = {
+        "PUI_CASSANDRA_KEYSPACE": f"{world.ks}_demo",
+        "PUI_USER_KEYSPACE": f"{world.uks}_demo",
+    }
+    pid = f"demo-{world.name}"
+    try:
+        seed = run_cli(world, "seed-demo", "--program-id", pid, "--users", "30", env=env)
+        assert seed.returncode == 0, seed.stderr
+        rid = seed.stdout.strip()
+        run = run_cli(world, "run", "--once", env=env)
+        assert run.returncode == 0, run.stderr
+        status = run_cli(world, "status", rid, env=env)
+        assert '"status": "SUCCESS"' in status.stdout
+        text = world.csv_of(rid, password="demo-password")
+        body = text.splitlines()[1:]
+        assert len(body) == 30
+        assert any("@example.org" in line and ",Yes," in line for line in body)
+        assert any(",No," in line for line in body)
+        assert "0 undecryptable values" in run.stderr
+    finally:
+        from dataflow.exhaust import demo
+
+        world.redis.delete(*(f"user:{uid}" for uid in demo.user_ids(pid, 30)))
+        cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {world.ks}_demo")
+        cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {world.uks}_demo")
+
+
+def test_seed_demo_needs_the_salt(world):
+    run = run_cli(world, "seed-demo", env={"PUI_ENCRYPTION_SALT": ""})
+    assert run.returncode == 2
+    assert "PUI_ENCRYPTION_SALT is not set" in run.stderr
