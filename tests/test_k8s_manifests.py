@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tomllib
@@ -220,6 +221,9 @@ def test_every_resource_validates_against_kubernetes_1_30(rendered):
         "ConfigMap",
         "Deployment",
         "Job",
+        "NetworkPolicy",
+        "NetworkPolicy",
+        "NetworkPolicy",
         "PersistentVolumeClaim",
         "PodDisruptionBudget",
         "Service",
@@ -552,8 +556,8 @@ def test_dockerfile_is_multi_stage_non_root_without_compilers():
     stages = dockerfile_stages()
     assert len(stages) == 2
     build, runtime = stages
-    assert build.startswith("python:3.11-slim-bookworm AS build")
-    assert runtime.startswith("python:3.11-slim-bookworm AS runtime")
+    assert re.match(r"python:3\.11-slim-bookworm@sha256:[0-9a-f]{64} AS build\n", build)
+    assert re.match(r"python:3\.11-slim-bookworm@sha256:[0-9a-f]{64} AS runtime\n", runtime)
     assert "maturin build --release --locked" in build
     for tool in ("build-essential", "gcc", "rustup", "cargo", "apt-get install", "maturin"):
         assert tool not in runtime, tool
@@ -611,3 +615,284 @@ def test_runtime_requirements_are_the_locked_runtime_closure():
         assert lock[name] == version, name
     dev = {canonicalize_name(Requirement(r).name) for r in project["optional-dependencies"]["dev"]}
     assert not dev & set(runtime)
+
+
+def test_base_images_are_pinned_by_digest_with_the_tag_in_a_comment():
+    lines = (K8S / "Dockerfile").read_text().splitlines()
+    froms = [i for i, line in enumerate(lines) if line.startswith("FROM ")]
+    assert len(froms) == 2
+    for i in froms:
+        image = lines[i].split()[1]
+        name, _, digest = image.partition("@")
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), lines[i]
+        # The readable tag sits in the comment just above, so a reviewer sees what is pinned.
+        above = []
+        while lines[i - 1 - len(above)].startswith("#"):
+            above.append(lines[i - 1 - len(above)])
+        assert any(name in line for line in above), lines[i]
+    assert len({lines[i].split()[1] for i in froms}) == 1  # both stages on the same base
+
+
+# --- the Bytewax Helm chart / waxctl -----------------------------------------------------------
+
+# What the chart's StatefulSet runs (bytewax/helm-charts, charts/bytewax/templates/
+# statefulset.yaml): no workingDir, so in the image's WORKDIR.
+CHART_COMMAND = ["sh", "-c", "sh ./entrypoint.sh"]
+CHART_RECOVERY_COMMAND = ["sh", "-c", "sh ./entrypoint-recovery.sh"]
+
+
+def _image_workdir_files(tmp_path: Path) -> Path:
+    """The runtime stage's WORKDIR with the files the Dockerfile copies into it, plus the
+    image's PATH entries (pui-entrypoint, python)."""
+    runtime = dockerfile_stages()[-1]
+    workdir = re.search(r"^WORKDIR (\S+)$", runtime, re.M).group(1)
+    app = tmp_path / "app"
+    bin_dir = tmp_path / "bin"
+    app.mkdir()
+    bin_dir.mkdir()
+    for src, dst in re.findall(r"^COPY --chmod=0755 (\S+) (\S+)$", runtime, re.M):
+        target = Path(dst)
+        if target.parent == Path(workdir):
+            shutil.copy(ROOT / src, app / target.name)
+        elif target.parent == Path("/usr/local/bin"):
+            (bin_dir / target.name).symlink_to(ROOT / src)
+    return app
+
+
+def _chart_run(tmp_path: Path, command: list[str], env: dict[str, str]):
+    venv_bin = str(Path(sys.executable).parent)
+    full = {
+        "PATH": f"{tmp_path / 'bin'}:{venv_bin}:{os.environ['PATH']}",
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(ROOT),
+        **env,
+    }
+    return subprocess.run(
+        command, cwd=tmp_path / "app", env=full, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_image_runs_under_the_bytewax_chart_command(tmp_path):
+    app = _image_workdir_files(tmp_path)
+    assert {"entrypoint.sh", "entrypoint-recovery.sh"} <= {p.name for p in app.iterdir()}
+    # The chart's init containers: the hostfile, and the python file from its ConfigMap.
+    hostfile = tmp_path / "etc" / "hostfile.txt"
+    hostfile.parent.mkdir()
+    hostfile.write_text("pui-0.pui.pui.svc.cluster.local:9999\n")
+    flow_file = tmp_path / "var-bytewax" / "flow.py"
+    flow_file.parent.mkdir()
+    flow_file.write_text("from dataflow import flow  # noqa: F401\n")
+    with socket.socket() as s:  # a broker address nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    chart_env = {
+        "BYTEWAX_PYTHON_FILE_PATH": str(flow_file),
+        "BYTEWAX_WORKDIR": str(flow_file.parent),
+        "BYTEWAX_WORKERS_PER_PROCESS": "1",
+        "BYTEWAX_POD_NAME": "pui-0",
+        "BYTEWAX_REPLICAS": "1",
+        "BYTEWAX_KEEP_CONTAINER_ALIVE": "false",
+        "BYTEWAX_HOSTFILE_PATH": str(hostfile),
+        "BYTEWAX_STATEFULSET_NAME": "pui",
+        "PUI_KAFKA_BROKERS": f"127.0.0.1:{port}",
+        "PUI_STARTUP_TIMEOUT": "1",
+        "PUI_METRICS_PORT": "0",
+    }
+    out = _chart_run(tmp_path, CHART_COMMAND, chart_env)
+    # bytewax.run imported the chart's file, which built our flow: it checked Kafka at start.
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"program-user-info: cannot start: Kafka at 127.0.0.1:{port}: unreachable: "
+        f"Connect to ipv4#127.0.0.1:{port} failed: Connection refused "
+        "(waited 1 s, PUI_STARTUP_TIMEOUT)"
+    )
+    assert hostfile.read_text() == "pui-0.pui.pui.svc.cluster.local:9999\n"  # the chart's, kept
+    # Without the chart's file it runs the job's flow all the same.
+    out = _chart_run(tmp_path, CHART_COMMAND, {**chart_env, "BYTEWAX_PYTHON_FILE_PATH": ""})
+    assert out.returncode == 1 and "cannot start: Kafka at" in out.stderr
+
+
+def test_image_creates_recovery_under_the_bytewax_chart_init_command(tmp_path):
+    _image_workdir_files(tmp_path)
+    rec = tmp_path / "recovery"
+    env = {"BYTEWAX_RECOVERY_DIRECTORY": str(rec), "BYTEWAX_RECOVERY_PARTS": "3"}
+    out = _chart_run(tmp_path, CHART_RECOVERY_COMMAND, env)
+    assert out.returncode == 0, out.stderr
+    parts = sorted(p.name for p in rec.iterdir())
+    assert parts == ["part-0.sqlite3", "part-1.sqlite3", "part-2.sqlite3"]
+    before = (rec / "part-0.sqlite3").stat().st_mtime_ns
+    assert _chart_run(tmp_path, CHART_RECOVERY_COMMAND, env).returncode == 0
+    assert (rec / "part-0.sqlite3").stat().st_mtime_ns == before  # kept, not recreated
+
+
+def test_waxctl_section_uses_waxctl_0_12_flags():
+    """Flags of `waxctl dataflow deploy` as printed by Waxctl Pro 0.12.0's --help (Bytewax docs,
+    deployment/waxctl.md)."""
+    known = {
+        "-V", "--chart-values-file", "--create-namespace", "--dry-run", "-e",
+        "--environment-variables", "-h", "--help", "-l", "--image-pull-policy", "-s",
+        "--image-pull-secret", "-i", "--image-repository", "-t", "--image-tag", "--job-mode",
+        "--keep-alive", "-N", "--name", "-n", "--namespace", "-o", "--output-format",
+        "--platform", "-p", "--processes", "-f", "--python-file-name", "--recovery",
+        "--recovery-backup", "--recovery-backup-interval", "--recovery-parts",
+        "--recovery-single-volume", "--recovery-size", "--recovery-snapshot-interval",
+        "--recovery-storageclass", "-r", "--requirements-file-name", "-v", "--values", "-w",
+        "--workers", "--yes", "--debug",
+    }  # fmt: skip
+    doc = (ROOT / "docs" / "deploy-kubernetes.md").read_text()
+    commands = re.findall(r"^waxctl (?:dataflow|df) deploy .*?(?<!\\)$", doc, re.M | re.S)
+    assert commands
+    for command in commands:
+        flags = set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", command))
+        assert flags <= known, flags - known
+        assert "--image-repository" in flags or "-i" in flags
+
+
+# --- network policies --------------------------------------------------------------------------
+
+
+def _matches(selector: dict, labels: dict) -> bool:
+    assert set(selector) <= {"matchLabels"}, selector  # all our policies need
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def _peer_ok(peer: dict, policy_ns: str, other: dict) -> bool:
+    if "ipBlock" in peer:
+        if "ip" not in other:
+            return False
+        import ipaddress
+
+        ip = ipaddress.ip_address(other["ip"])
+        block = peer["ipBlock"]
+        return ip in ipaddress.ip_network(block["cidr"]) and not any(
+            ip in ipaddress.ip_network(e) for e in block.get("except", [])
+        )
+    if "ip" in other:
+        return False
+    if "namespaceSelector" in peer:
+        ns_ok = _matches(peer["namespaceSelector"], {"kubernetes.io/metadata.name": other["ns"]})
+    else:
+        ns_ok = other["ns"] == policy_ns
+    return ns_ok and _matches(peer.get("podSelector", {}), other["labels"])
+
+
+def allowed(docs, pod: dict, direction: str, other: dict, port: int, proto="TCP") -> bool:
+    """NetworkPolicy semantics: a pod selected by a policy of this direction accepts only what
+    one of those policies' rules allows (peers and ports); an unselected pod accepts all."""
+    kind, peers_key = ("Ingress", "from") if direction == "ingress" else ("Egress", "to")
+    policies = [
+        d
+        for d in docs
+        if d["kind"] == "NetworkPolicy"
+        and d["metadata"]["namespace"] == pod["ns"]
+        and _matches(d["spec"]["podSelector"], pod["labels"])
+        and kind in d["spec"]["policyTypes"]
+    ]
+    if not policies:
+        return True
+    for policy in policies:
+        for rule in policy["spec"].get(direction, []):
+            peers = rule.get(peers_key)
+            peer_ok = peers is None or any(
+                _peer_ok(p, policy["metadata"]["namespace"], other) for p in peers
+            )
+            ports = rule.get("ports")
+            port_ok = ports is None or any(
+                p["port"] == port and p.get("protocol", "TCP") == proto for p in ports
+            )
+            if peer_ok and port_ok:
+                return True
+    return False
+
+
+def _pods(docs) -> dict[str, dict]:
+    ns = find(docs, "ConfigMap")["metadata"]["namespace"]
+    return {
+        d["metadata"]["name"]: {"ns": ns, "labels": d["spec"]["template"]["metadata"]["labels"]}
+        for d in docs
+        if pod_spec(d) is not None
+    }
+
+
+def _server(name: str, namespace: str = "data") -> dict:
+    return {"ns": namespace, "labels": {"app.kubernetes.io/name": name}}
+
+
+def test_every_pod_is_covered_by_ingress_and_egress_policies(rendered):
+    for name, pod in _pods(rendered).items():
+        stranger = {"ns": "default", "labels": {"app": "anything"}}
+        assert not allowed(rendered, pod, "ingress", stranger, 8080), name
+        assert not allowed(rendered, pod, "egress", stranger, 8080), name
+
+
+def test_bytewax_peer_port_only_between_the_job_pods(rendered):
+    pods = _pods(rendered)
+    job = pods[STS]
+    peer = int(find(rendered, "Service")["spec"]["ports"][0]["port"])
+    assert peer == 9999
+    assert allowed(rendered, job, "ingress", job, peer)
+    assert allowed(rendered, job, "egress", job, peer)
+    monitoring = {"ns": "monitoring", "labels": {"app.kubernetes.io/name": "prometheus"}}
+    same_ns_other_app = pods["program-user-info-exhaust"]
+    for other in (monitoring, same_ns_other_app, {**job, "ns": "elsewhere"}):
+        assert not allowed(rendered, job, "ingress", other, peer), other
+
+
+def test_metrics_only_from_the_monitoring_namespace(rendered):
+    job = _pods(rendered)[STS]
+    port = int(find(rendered, "ConfigMap")["data"]["PUI_METRICS_PORT"])
+    prometheus = {"ns": "monitoring", "labels": {"app.kubernetes.io/name": "prometheus"}}
+    assert allowed(rendered, job, "ingress", prometheus, port)
+    assert not allowed(rendered, job, "ingress", {**prometheus, "ns": "default"}, port)
+    assert not allowed(rendered, job, "ingress", job, port)
+    # Bytewax's own API (BYTEWAX_DATAFLOW_API_PORT, default 3030) stays unreachable.
+    assert not allowed(rendered, job, "ingress", prometheus, 3030)
+
+
+def _port_of(url: str, default: int) -> int:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).port or default
+
+
+def test_egress_reaches_the_configured_servers_and_nothing_else(rendered):
+    data = find(rendered, "ConfigMap")["data"]
+    kafka_port = int(data["PUI_KAFKA_BROKERS"].split(",")[0].rsplit(":", 1)[1])
+    cassandra_port = int(data["PUI_CASSANDRA_PORT"])
+    postgres_port = _port_of(data["PUI_POSTGRES_DSN"], 5432)
+    redis_port = _port_of(data["PUI_REDIS_URL"], 6379)
+    dns = {"ns": "kube-system", "labels": {"k8s-app": "kube-dns"}}
+    pods = _pods(rendered)
+    needs = {
+        STS: {("kafka", kafka_port), ("cassandra", cassandra_port)},
+        "program-user-info-bootstrap": {("kafka", kafka_port), ("cassandra", cassandra_port)},
+        "program-user-info-exhaust": {
+            ("postgres", postgres_port),
+            ("redis", redis_port),
+            ("cassandra", cassandra_port),
+        },
+    }
+    everything = {
+        ("kafka", kafka_port),
+        ("cassandra", cassandra_port),
+        ("postgres", postgres_port),
+        ("redis", redis_port),
+    }
+    assert set(pods) == set(needs)
+    for name, wanted in needs.items():
+        pod = pods[name]
+        assert allowed(rendered, pod, "egress", dns, 53, "UDP"), name
+        assert allowed(rendered, pod, "egress", dns, 53, "TCP"), name
+        for server, port in everything:
+            ok = allowed(rendered, pod, "egress", _server(server), port)
+            assert ok == ((server, port) in wanted), (name, server, port)
+            assert not allowed(rendered, pod, "egress", _server(server), port + 1), (name, server)
+        # No ingress at all to the bootstrap and the exhaust: they serve nothing.
+        if name != STS:
+            anyone = {"ns": "monitoring", "labels": {}}
+            assert not allowed(rendered, pod, "ingress", anyone, 9100), name
+    # Cloud report storage (HTTPS) from the exhaust only, and not into the cluster's networks.
+    exhaust, job = pods["program-user-info-exhaust"], pods[STS]
+    assert allowed(rendered, exhaust, "egress", {"ip": "52.239.1.1"}, 443)
+    assert not allowed(rendered, exhaust, "egress", {"ip": "10.1.2.3"}, 443)
+    assert not allowed(rendered, job, "egress", {"ip": "52.239.1.1"}, 443)
