@@ -80,6 +80,9 @@ def list_partitions(settings: Settings, timeout: float | None = None) -> list[in
             )
             answered = meta.topics.get(settings.input_topic)
             if answered is not None and answered.error is None and answered.partitions:
+                # Serve the queued log events, else librdkafka prints them to stderr as the
+                # client is destroyed.
+                admin.poll(0)
                 return sorted(answered.partitions)
         except KafkaException as exc:
             errors.append((exc.args[0].name(), exc.args[0].str()))
