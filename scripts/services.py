@@ -549,6 +549,9 @@ class SeaweedFS(Service):
                 "-s3",
                 f"-s3.port={self.port}",
                 f"-s3.config={config}",
+                # Its Iceberg and Lance catalogs are not needed, and 9101 is a metrics port here.
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
             ]
         )
 
