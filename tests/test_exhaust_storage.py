@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -246,10 +247,20 @@ def test_report_lands_where_sunbird_puts_it_and_opens_through_the_signed_url(clo
     assert not list(w.store.rglob("*.zip")) and not list(w.store.rglob("*.csv"))
     assert w.cloud.head(key)["size"] > 0
 
+    w.env["PUI_STORAGE_URL_EXPIRY"] = "600"
     shown = cli(w, "status", rid, "--url")
     assert shown.returncode == 0, shown.stderr
     url = shown.stdout.strip().splitlines()[-1]
     assert url.startswith("http://127.0.0.1:") and "?" in url
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    if w.kind == "s3":
+        assert query["X-Amz-Expires"] == ["600"]
+    else:  # a read-only SAS for this one blob, valid from st to se
+        assert (query["sp"], query["sr"]) == (["r"], ["b"])
+        valid = dt.datetime.fromisoformat(query["se"][0]) - dt.datetime.fromisoformat(
+            query["st"][0]
+        )
+        assert valid == dt.timedelta(seconds=600)
     assert w.env["PUI_STORAGE_SECRET"] not in shown.stdout + shown.stderr
     raw = fetch(url)
     # Only the encrypted zip left the worker: no CSV text in the object, no opening without
@@ -307,9 +318,13 @@ def test_store_down_fails_the_request_which_succeeds_on_retry(cloud_world):
     assert row["iteration"] == 1
     assert row["err_message"].startswith(f"uploading the report to {w.kind} storage failed")
     assert "Traceback" not in row["err_message"] and "\n" not in row["err_message"]
+    assert w.env["PUI_STORAGE_SECRET"] not in row["err_message"]
     assert not row["download_urls"]
     assert not list(w.store.rglob("*.zip")) and not list(w.store.rglob("*.csv"))
     assert keys_under(w.cloud, f"ml_reports/program-user-exhaust/{w.name}") == []
+    shown = cli(w, "status", rid, "--url")
+    assert shown.returncode == 1
+    assert "has no report to download" in shown.stderr
 
     # The request's retry rules take it again; with the store back it succeeds.
     w.env.update(ENVS[w.kind]())
