@@ -30,6 +30,11 @@ ENV_VARS: tuple[str, ...] = (
     "PUI_CASSANDRA_USERNAME",
     "PUI_CASSANDRA_PASSWORD",
     "PUI_CASSANDRA_LOCAL_DC",
+    "PUI_CASSANDRA_TLS",
+    "PUI_CASSANDRA_TLS_CA_FILE",
+    "PUI_CASSANDRA_TLS_CERT_FILE",
+    "PUI_CASSANDRA_TLS_KEY_FILE",
+    "PUI_CASSANDRA_TLS_CHECK_HOSTNAME",
     "PUI_CASSANDRA_CONSISTENCY",
     "PUI_CASSANDRA_REPLICATION",
     "PUI_CASSANDRA_CONCURRENCY",
@@ -99,6 +104,13 @@ class Settings:
     cassandra_username: str | None = None
     cassandra_password: str | None = field(default=None, repr=False)
     cassandra_local_dc: str | None = None
+    # Client TLS (Cassandra's client_encryption_options): the server's certificate is always
+    # verified, against the CA file or else the system's CAs; the client certificate is optional.
+    cassandra_tls: bool = False
+    cassandra_tls_ca_file: str | None = None
+    cassandra_tls_cert_file: str | None = None
+    cassandra_tls_key_file: str | None = None
+    cassandra_tls_check_hostname: bool = True
     cassandra_consistency: str = "LOCAL_QUORUM"
     cassandra_replication: str = "{'class': 'SimpleStrategy', 'replication_factor': '1'}"
     cassandra_concurrency: int = 64
@@ -236,6 +248,45 @@ def _replication(name: str, raw: str) -> str:
     return text
 
 
+def _readable_file(name: str, raw: str | None) -> str | None:
+    if not raw:
+        return None
+    if not os.path.isfile(raw) or not os.access(raw, os.R_OK):
+        raise ConfigError(f"{name} points to {raw!r}, which is not a readable file")
+    return raw
+
+
+def _cassandra_tls(env: Mapping[str, str]) -> dict:
+    on = _parse_bool("PUI_CASSANDRA_TLS", env.get("PUI_CASSANDRA_TLS", "false"))
+    files = {
+        name: _readable_file(name, env.get(name))
+        for name in (
+            "PUI_CASSANDRA_TLS_CA_FILE",
+            "PUI_CASSANDRA_TLS_CERT_FILE",
+            "PUI_CASSANDRA_TLS_KEY_FILE",
+        )
+    }
+    check = _parse_bool(
+        "PUI_CASSANDRA_TLS_CHECK_HOSTNAME", env.get("PUI_CASSANDRA_TLS_CHECK_HOSTNAME") or "true"
+    )
+    given = [n for n, v in files.items() if v]
+    if given and not on:
+        # A CA file without TLS would silently connect in clear text.
+        raise ConfigError(f"{', '.join(given)} need PUI_CASSANDRA_TLS=true")
+    cert, key = files["PUI_CASSANDRA_TLS_CERT_FILE"], files["PUI_CASSANDRA_TLS_KEY_FILE"]
+    if (cert is None) != (key is None):
+        raise ConfigError(
+            "PUI_CASSANDRA_TLS_CERT_FILE and PUI_CASSANDRA_TLS_KEY_FILE must be set together"
+        )
+    return {
+        "cassandra_tls": on,
+        "cassandra_tls_ca_file": files["PUI_CASSANDRA_TLS_CA_FILE"],
+        "cassandra_tls_cert_file": cert,
+        "cassandra_tls_key_file": key,
+        "cassandra_tls_check_hostname": check,
+    }
+
+
 def _ip_address(name: str, raw: str) -> str:
     import ipaddress
 
@@ -361,6 +412,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         cassandra_username=username,
         cassandra_password=password,
         cassandra_local_dc=env.get("PUI_CASSANDRA_LOCAL_DC") or None,
+        **_cassandra_tls(env),
         cassandra_consistency=consistency,
         cassandra_replication=_replication(
             "PUI_CASSANDRA_REPLICATION",

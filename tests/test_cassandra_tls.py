@@ -1,0 +1,225 @@
+"""Cassandra client TLS (PUI_CASSANDRA_TLS*): settings checked at start naming the setting, and
+the driver's real TLS handshake with them - chain, address check, client certificate - against a
+TLS listener (a Cassandra with client encryption is not part of the local stack), plus TLS
+against the local plaintext Cassandra failing at once with the cause."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from dataflow import config
+from dataflow.cassandra_session import connect, tls_context
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    """A CA, a server certificate for 127.0.0.1 (and one for a DNS name only), a client
+    certificate, and an unrelated CA."""
+    d = tmp_path_factory.mktemp("pki")
+    key = ["-newkey", "rsa:2048", "-nodes"]
+    _openssl("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+             "-subj", "/CN=pui-test-ca", cwd=d)  # fmt: skip
+    _openssl("req", "-x509", *key, "-keyout", "other.key", "-out", "other.pem", "-days", "2",
+             "-subj", "/CN=other-ca", cwd=d)  # fmt: skip
+    for name, san in (
+        ("server", "subjectAltName=IP:127.0.0.1"),
+        ("named", "subjectAltName=DNS:cassandra.example.org"),
+        ("client", None),
+    ):
+        _openssl("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", f"/CN=pui-{name}", cwd=d)  # fmt: skip
+        ext = []
+        if san:
+            (d / f"{name}.ext").write_text(san + "\n")
+            ext = ["-extfile", f"{name}.ext"]
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", *ext, cwd=d)  # fmt: skip
+    return d
+
+
+class TlsListener:
+    """Accepts TLS connections with a server certificate and records each handshake's outcome
+    (and the client certificate's subject); then closes, as it speaks no CQL."""
+
+    def __init__(self, pki: Path, cert: str, require_client_cert: bool):
+        self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ctx.load_cert_chain(pki / f"{cert}.pem", pki / f"{cert}.key")
+        self.ctx.load_verify_locations(pki / "ca.pem")
+        self.ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_NONE
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.handshakes: list[tuple[str, str]] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                tls = self.ctx.wrap_socket(conn, server_side=True)
+                subject = dict(x[0] for x in (tls.getpeercert() or {}).get("subject", ()))
+                self.handshakes.append(("ok", subject.get("commonName", "")))
+                tls.recv(64)
+                # A CQL v4 ERROR frame (protocol error) to the OPTIONS request, so the driver gives
+                # up at once instead of waiting for its connect timeout.
+                text = b"this listener speaks no CQL"
+                body = (10).to_bytes(4, "big") + len(text).to_bytes(2, "big") + text
+                tls.sendall(b"\x84\x00\x00\x00\x00" + len(body).to_bytes(4, "big") + body)
+                tls.close()
+            except (OSError, ssl.SSLError) as exc:
+                self.handshakes.append(("refused", str(exc)))
+                conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def listener(pki):
+    made = []
+
+    def make(cert="server", require_client_cert=False) -> TlsListener:
+        made.append(TlsListener(pki, cert, require_client_cert))
+        return made[-1]
+
+    yield make
+    for item in made:
+        item.close()
+
+
+def settings_for(port: int, pki: Path, **extra: str) -> config.Settings:
+    return config.load(
+        {
+            "PUI_CASSANDRA_HOSTS": "127.0.0.1",
+            "PUI_CASSANDRA_PORT": str(port),
+            "PUI_CASSANDRA_TLS": "true",
+            "PUI_CASSANDRA_TLS_CA_FILE": str(pki / "ca.pem"),
+            **extra,
+        }
+    )
+
+
+def attempt(settings: config.Settings, wait: float = 1.0) -> tuple[str, float]:
+    started = time.monotonic()
+    with pytest.raises(ConnectionError) as info:
+        connect(settings, wait=wait)
+    return str(info.value), time.monotonic() - started
+
+
+def test_trusted_certificate_for_the_address_completes_the_handshake(pki, listener):
+    srv = listener()
+    message, _ = attempt(settings_for(srv.port, pki))
+    assert srv.handshakes and srv.handshakes[0][0] == "ok", srv.handshakes
+    # TLS worked; what failed is the CQL conversation this listener does not have.
+    assert "TLS" not in message and "this listener speaks no CQL" in message
+
+
+def test_untrusted_certificate_stops_at_once_naming_tls(pki, listener):
+    srv = listener()
+    message, took = attempt(settings_for(srv.port, pki, PUI_CASSANDRA_TLS_CA_FILE=str(
+        pki / "other.pem")), wait=20)  # fmt: skip
+    assert message.startswith(f"TLS with Cassandra at 127.0.0.1:{srv.port} failed")
+    assert "CERTIFICATE_VERIFY_FAILED" in message and "PUI_CASSANDRA_TLS_*" in message
+    assert took < 5  # no waiting for a certificate to change
+    assert srv.handshakes and srv.handshakes[0][0] == "refused"
+
+
+def test_address_check_is_on_by_default_and_can_be_turned_off(pki, listener):
+    srv = listener(cert="named")  # issued for cassandra.example.org, not 127.0.0.1
+    message, _ = attempt(settings_for(srv.port, pki))
+    assert "IP address mismatch" in message
+    off = settings_for(srv.port, pki, PUI_CASSANDRA_TLS_CHECK_HOSTNAME="false")
+    message, _ = attempt(off)
+    assert "TLS" not in message and "this listener speaks no CQL" in message
+    assert srv.handshakes[-1][0] == "ok"  # the chain is still verified, only the name is not
+
+
+def test_client_certificate_is_presented(pki, listener):
+    srv = listener(require_client_cert=True)
+    attempt(settings_for(srv.port, pki))
+    assert srv.handshakes and srv.handshakes[0][0] == "refused"  # none presented
+    srv.handshakes.clear()
+    attempt(
+        settings_for(
+            srv.port,
+            pki,
+            PUI_CASSANDRA_TLS_CERT_FILE=str(pki / "client.pem"),
+            PUI_CASSANDRA_TLS_KEY_FILE=str(pki / "client.key"),
+        )
+    )
+    assert ("ok", "pui-client") in srv.handshakes
+
+
+def test_tls_against_the_local_plaintext_cassandra_names_the_cause(pki, cassandra_session):
+    message, took = attempt(settings_for(9042, pki), wait=20)
+    assert message.startswith("TLS with Cassandra at 127.0.0.1:9042 failed")
+    assert "client_encryption_options" in message
+    assert took < 5
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"PUI_CASSANDRA_TLS_CA_FILE": "{ca}"}, "need PUI_CASSANDRA_TLS=true"),
+        ({"PUI_CASSANDRA_TLS": "yes please"}, "PUI_CASSANDRA_TLS must be true or false"),
+        (
+            {"PUI_CASSANDRA_TLS": "true", "PUI_CASSANDRA_TLS_CA_FILE": "/nonexistent/ca.pem"},
+            "PUI_CASSANDRA_TLS_CA_FILE points to",
+        ),
+        (
+            {"PUI_CASSANDRA_TLS": "true", "PUI_CASSANDRA_TLS_CERT_FILE": "{client}"},
+            "PUI_CASSANDRA_TLS_CERT_FILE and PUI_CASSANDRA_TLS_KEY_FILE must be set together",
+        ),
+        (
+            {"PUI_CASSANDRA_TLS": "true", "PUI_CASSANDRA_TLS_CHECK_HOSTNAME": "sometimes"},
+            "PUI_CASSANDRA_TLS_CHECK_HOSTNAME",
+        ),
+        (
+            {"PUI_CASSANDRA_TLS_CERT_FILE": "{client}", "PUI_CASSANDRA_TLS_KEY_FILE": "{ca}"},
+            "PUI_CASSANDRA_TLS_CERT_FILE, PUI_CASSANDRA_TLS_KEY_FILE need PUI_CASSANDRA_TLS=true",
+        ),
+    ],
+)
+def test_bad_tls_settings_are_refused_naming_them(pki, environ, named):
+    paths = {"ca": str(pki / "ca.pem"), "client": str(pki / "client.pem")}
+    environ = {k: v.format(**paths) for k, v in environ.items()}
+    with pytest.raises(config.ConfigError, match=named):
+        config.load(environ)
+
+
+def test_unusable_pem_files_are_refused_naming_them(pki, tmp_path):
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    s = config.load({"PUI_CASSANDRA_TLS": "true", "PUI_CASSANDRA_TLS_CA_FILE": str(garbage)})
+    with pytest.raises(config.ConfigError, match="PUI_CASSANDRA_TLS_CA_FILE"):
+        tls_context(s)
+    mismatched = config.load(
+        {
+            "PUI_CASSANDRA_TLS": "true",
+            "PUI_CASSANDRA_TLS_CERT_FILE": str(pki / "client.pem"),
+            "PUI_CASSANDRA_TLS_KEY_FILE": str(pki / "server.key"),
+        }
+    )
+    with pytest.raises(config.ConfigError, match="PUI_CASSANDRA_TLS_KEY_FILE"):
+        tls_context(mismatched)
+    assert tls_context(config.load({})) is None
+    # The ConfigMap's empty values mean the defaults: TLS off, address check on.
+    empty = config.load({n: "" for n in config.ENV_VARS if n.startswith("PUI_CASSANDRA_TLS")})
+    assert not empty.cassandra_tls and empty.cassandra_tls_check_hostname
+    ctx = tls_context(config.load({"PUI_CASSANDRA_TLS": "true"}))  # the system's CAs
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
