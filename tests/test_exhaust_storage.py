@@ -452,3 +452,41 @@ def test_large_zip_goes_up_in_parts_and_a_cut_upload_leaves_the_old_object(
     finally:
         store.delete(key)
     assert store.head(key) is None
+
+
+UPLOAD_AND_MEASURE = """
+import json, os, resource, sys
+from pathlib import Path
+from dataflow.exhaust import storage
+env, path, name = json.loads(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+store = storage.open_store(storage.load(env), path.parent)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+key = store.put(path, name)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, key)
+"""
+
+
+def test_upload_memory_is_bounded_by_the_parts_not_the_file(kind, unique_name, tmp_path):
+    """A 128 MiB zip goes up with at most a few 8 MiB parts in memory at once."""
+    import json
+
+    big = tmp_path / "big.zip"
+    with open(big, "wb") as f:
+        for _ in range(128):
+            f.write(os.urandom(MIB))
+    env = ENVS[kind]()
+    name = f"program-user-exhaust/{unique_name}-mem_20260101.zip"
+    done = subprocess.run(
+        [sys.executable, "-c", UPLOAD_AND_MEASURE, json.dumps(env), str(big), name],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    grown_kib, key = done.stdout.split()
+    try:
+        assert cloud_store(env).head(key)["size"] == 128 * MIB
+        assert int(grown_kib) < 80 * 1024, f"peak RSS grew by {int(grown_kib) // 1024} MiB"
+    finally:
+        cloud_store(env).delete(key)
