@@ -145,6 +145,7 @@ def native_ceilings(settings: config.Settings, events: list[bytes]) -> dict[str,
             finally:
                 writer.close()
             out[f"native (Rust writer), {n} in flight"] = rows / seconds
+            say(f"  {n} in flight: {rows / seconds:,.0f} rows/s")
         session.execute(f"DROP TABLE IF EXISTS {ks}.native", timeout=60)
     finally:
         cluster.shutdown()

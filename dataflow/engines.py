@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from dataflow import metrics
-from dataflow.config import Settings
+from dataflow.config import ConfigError, Settings
 from dataflow.source import NO_TIMESTAMP, MessageBatch
 from dataflow.write_time import write_timestamp
 
@@ -69,8 +69,22 @@ def resolve(requested: str) -> str:
     return resolve_engine(requested)
 
 
+def choose(settings: Settings) -> str:
+    """The engine the settings ask for and this build and configuration can run."""
+    engine = resolve(settings.engine)
+    if engine == "rust" and settings.cassandra_tls:
+        # The extension's driver is built without TLS; cassandra-driver has it.
+        if settings.engine == "rust":
+            raise ConfigError(
+                "PUI_ENGINE=rust cannot use TLS to Cassandra (PUI_CASSANDRA_TLS=true): "
+                "set PUI_ENGINE=python or auto"
+            )
+        return "python"
+    return engine
+
+
 def open_engine(settings: Settings) -> Engine:
-    if resolve(settings.engine) == "rust":
+    if choose(settings) == "rust":
         return RustEngine(settings)
     return PythonEngine(settings)
 
@@ -80,7 +94,13 @@ class RustEngine:
 
     def __init__(self, settings: Settings):
         from dataflow import flatten_rs
+        from dataflow.flatten import COLUMNS
 
+        if tuple(flatten_rs.writer_columns()) != COLUMNS:
+            # A stale build binds values by position to other columns: never write with it.
+            raise RuntimeError(
+                "the Rust extension was built for other columns: rebuild it (scripts/install)"
+            )
         attempt = 0
         while True:
             try:

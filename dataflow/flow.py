@@ -8,7 +8,7 @@ import time
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
-from dataflow import config, kafka_config, metrics, shutdown
+from dataflow import config, engines, kafka_config, metrics, shutdown
 from dataflow.cassandra_session import connect
 from dataflow.sink import CassandraSink
 from dataflow.source import KafkaBatchSource, list_partitions
@@ -30,6 +30,7 @@ def build_flow(settings: config.Settings | None = None) -> Dataflow:
     log.info("write-timestamp offset %d µs", settings.write_timestamp_offset_us)
     # librdkafka checks the PUI_KAFKA_CONFIG_* names and values now, not in a worker thread.
     kafka_config.validate(settings)
+    log.info("write engine: %s", engines.choose(settings))
     check_ready(settings)
     shutdown.install(settings.stop_timeout)
     metrics.start(settings)
