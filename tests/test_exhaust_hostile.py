@@ -19,7 +19,7 @@ from dataflow.config import ConfigError
 from dataflow.exhaust import crypto, safe
 from dataflow.exhaust import settings as exhaust_settings
 from dataflow.exhaust.__main__ import request_data
-from tests.test_exhaust import KEY, ROOT, SALT, World, ids
+from tests.test_exhaust import KEY, ROOT, SALT, Proxy, World, ids
 
 pytestmark = pytest.mark.services
 
@@ -583,3 +583,27 @@ def test_seed_demo_needs_the_salt(world):
     run = run_cli(world, "seed-demo", env={"PUI_ENCRYPTION_SALT": ""})
     assert run.returncode == 2
     assert "PUI_ENCRYPTION_SALT is not set" in run.stderr
+
+
+def test_cassandra_lost_mid_run_fails_by_the_retry_rules_and_stops(make_world):
+    """Cassandra reached through a proxy that is cut after the worker connected: the claimed
+    request fails (an attempt spent, retried later) and the run stops before the next one."""
+    proxy = Proxy(("127.0.0.1", 9042))
+    w = make_world(PUI_CASSANDRA_PORT=str(proxy.port), PUI_STORE_WAIT="2")
+    pid = "p-cass-lost"
+    w.enrol(pid, ids(1)[0], pii=False)
+    w.submit("rl1", request_data(pid, []))
+    w.submit("rl2", request_data(pid, []), key="another-key")
+    worker = w.worker()
+    try:
+        worker.cassandra()
+        proxy.cut()
+        assert worker.run_once() == (0, 1)
+        assert "Cassandra stopped answering" in worker.unavailable
+    finally:
+        worker.close()
+        proxy.cut()
+    first = w.row("rl1")
+    assert (first["status"], first["iteration"]) == ("FAILED", 1)
+    assert "Cassandra stopped answering" in first["err_message"]
+    assert (w.row("rl2")["status"], w.row("rl2")["iteration"]) == ("SUBMITTED", 0)
