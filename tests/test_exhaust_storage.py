@@ -309,11 +309,19 @@ def test_store_down_fails_the_request_which_succeeds_on_retry(cloud_world):
     pid = f"p-{w.name}"
     (a,) = ids(1)
     w.enrol(pid, a, pii=False, locations=LOC_A)
-    rid = f"{w.name}-down"
+    rid, later = f"{w.name}-down", f"{w.name}-later"
     w.submit(rid, request_data(pid, []))
+    w.submit(later, request_data(pid, []), key="another-password")
     nothing_there = ENVS[w.kind](free_port())
     w.env.update(nothing_there)
-    assert w.run_once() == (0, 1)
+    worker = w.worker()
+    try:
+        assert worker.run_once() == (0, 1)
+    finally:
+        worker.close()
+    # The run stopped there: the next request would only fail the same way.
+    assert "storage failed" in worker.unavailable
+    assert (w.row(later)["status"], w.row(later)["iteration"]) == ("SUBMITTED", 0)
     row = w.row(rid)
     assert row["status"] == "FAILED"
     assert row["iteration"] == 1
@@ -329,7 +337,7 @@ def test_store_down_fails_the_request_which_succeeds_on_retry(cloud_world):
 
     # The request's retry rules take it again; with the store back it succeeds.
     w.env.update(ENVS[w.kind]())
-    assert w.run_once() == (1, 0)
+    assert w.run_once() == (2, 0)
     row = w.row(rid)
     assert (row["status"], row["iteration"]) == ("SUCCESS", 2)
     assert lines(open_zip(fetch(w.cloud.signed_url(row["download_urls"][0])), KEY)) == [

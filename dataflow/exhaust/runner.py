@@ -182,7 +182,7 @@ class Worker:
             requests.fail(conn, claim, str(exc), millis)
             log.warning("request %s: FAILED: %s", safe.shown(claim.request_id), safe.shown(exc))
             requests.release(conn, claim)
-            if isinstance(exc, StoreUnavailable):
+            if isinstance(exc, StoreUnavailable | storage.UploadFailed):
                 self.unavailable = str(exc)
             return False
         finally:

@@ -80,6 +80,12 @@ class StorageError(RuntimeError):
     """The store refused or could not be reached; the text is safe for ``err_message``."""
 
 
+class UploadFailed(StorageError):
+    """The store did not take a report (down, credentials refused, no container): every
+    following request would fail the same way, so the run stops as for an unavailable
+    Cassandra or Redis."""
+
+
 @dataclass(frozen=True)
 class StorageSettings:
     kind: str = "local"
@@ -337,7 +343,7 @@ class CloudStore(Store):
                 attributes={"Content-Type": "application/zip"},
             )
         except Exception as exc:
-            raise StorageError(
+            raise UploadFailed(
                 f"uploading the report to {self.kind} storage failed: {_reason(exc)}"
             ) from None
         finally:
