@@ -251,6 +251,8 @@ def test_no_user_needs_consent_drops_five_columns_and_plain_zip(
         w.pg.close()
         cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {w.ks}")
         cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {w.uks}")
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {w.name} CASCADE")
 
 
 def test_filters_on_district_organisation_and_dates(world):
@@ -458,6 +460,8 @@ def test_zipcrypto_option_opens_with_7z(unique_name, cassandra_session, postgres
         w.pg.close()
         cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {w.ks}")
         cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {w.uks}")
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {w.name} CASCADE")
 
 
 def test_cli_submit_run_once_and_status(world):
