@@ -544,8 +544,12 @@ class SeaweedFS(Service):
                 f"-master.port={self.master_port}",
                 f"-volume.port={self.volume_port}",
                 f"-filer.port={self.filer_port}",
-                "-master.volumeSizeLimitMB=64",
-                "-volume.max=8",
+                # Small volumes, as many as the disk holds, and deleted test objects reclaimed
+                # every minute: the tests upload and delete hundreds of MiB per run.
+                "-master.volumeSizeLimitMB=128",
+                "-volume.max=0",
+                "-master.garbageThreshold=0.05",
+                "-master.vacuumIntervalSeconds=60",
                 "-s3",
                 f"-s3.port={self.port}",
                 f"-s3.config={config}",
