@@ -71,6 +71,7 @@ class World:
         self.dsn = f"{postgres_dsn}{sep}options=-csearch_path%3D{name}"
         self.redis_url = redis_url.rsplit("/", 1)[0] + "/5"
         self.redis = redis.Redis.from_url(self.redis_url)
+        self.cached: set[str] = set()
         self.store = tmp_path / "reports"
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("PUI_")},
@@ -108,6 +109,13 @@ class World:
 
     def cache(self, uid, **fields):
         self.redis.hset(f"user:{uid}", mapping=fields)
+        self.cached.add(f"user:{uid}")
+
+    def drop(self) -> None:
+        """Remove what the world created besides its keyspaces and schema."""
+        if self.cached:
+            self.redis.delete(*self.cached)
+        self.redis.close()
 
     def submit(self, rid, data, key=KEY, by="manager-1"):
         requests.submit(self.pg, rid, data, key, by)
@@ -139,6 +147,7 @@ def world(unique_name, cassandra_session, postgres_dsn, redis_url, tmp_path):
     w = World(unique_name, cassandra_session, postgres_dsn, redis_url, tmp_path)
     yield w
     w.pg.close()
+    w.drop()
     cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {w.ks}")
     cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {w.uks}")
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
@@ -249,6 +258,7 @@ def test_no_user_needs_consent_drops_five_columns_and_plain_zip(
         ]
     finally:
         w.pg.close()
+        w.drop()
         cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {w.ks}")
         cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {w.uks}")
         with psycopg.connect(postgres_dsn, autocommit=True) as conn:
@@ -458,6 +468,7 @@ def test_zipcrypto_option_opens_with_7z(unique_name, cassandra_session, postgres
         assert text.splitlines()[1].startswith(uid)
     finally:
         w.pg.close()
+        w.drop()
         cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {w.ks}")
         cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {w.uks}")
         with psycopg.connect(postgres_dsn, autocommit=True) as conn:

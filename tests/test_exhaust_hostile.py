@@ -38,6 +38,7 @@ def make_world(unique_name, cassandra_session, postgres_dsn, redis_url, tmp_path
     yield make
     for w in made:
         w.pg.close()
+        w.drop()
         cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {w.ks}")
         cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {w.uks}")
         with psycopg.connect(postgres_dsn, autocommit=True) as conn:
