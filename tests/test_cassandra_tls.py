@@ -1,10 +1,13 @@
-"""Cassandra client TLS (PUI_CASSANDRA_TLS*): settings checked at start naming the setting, and
-the driver's real TLS handshake with them - chain, address check, client certificate - against a
-TLS listener (a Cassandra with client encryption is not part of the local stack), plus TLS
-against the local plaintext Cassandra failing at once with the cause."""
+"""Cassandra client TLS (PUI_CASSANDRA_TLS*): settings checked at start naming the setting; the
+driver's real TLS handshake with them - chain, address check, client certificate - against a TLS
+listener; TLS against the local plaintext Cassandra failing at once with the cause; and the job
+writing through a private Cassandra node with client encryption and required client
+certificates, started from the local stack's jars on its own ports and data (about 20 s)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -15,7 +18,14 @@ from pathlib import Path
 import pytest
 
 from dataflow import config
+from dataflow.bootstrap import bootstrap_cassandra
 from dataflow.cassandra_session import connect, tls_context
+from dataflow.kafka_admin import ensure_topics
+from dataflow.sample_events import generate
+from tests.conftest import IN_CI
+from tests.streaming_helpers import ROOT, final_counters, job_env, produce, run_job
+from tests.test_produce import closed_port
+from tests.test_streaming_startup import delete_topics
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -223,3 +233,130 @@ def test_unusable_pem_files_are_refused_naming_them(pki, tmp_path):
     assert not empty.cassandra_tls and empty.cassandra_tls_check_hostname
     ctx = tls_context(config.load({"PUI_CASSANDRA_TLS": "true"}))  # the system's CAs
     assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+
+
+# --- a real Cassandra with client encryption ---------------------------------------------------
+
+JAVA = Path("/usr/lib/jvm/java-17-openjdk-amd64/bin/java")
+JARS = ROOT / "var" / "lib" / "cassandra"
+
+
+@pytest.fixture(scope="module")
+def tls_cassandra(pki, tmp_path_factory):
+    """A one-node Cassandra (the local stack's jars and settings) whose native port accepts only
+    TLS with a client certificate signed by the test CA. Yields its native port."""
+    jamm = next(JARS.glob("jamm-*.jar"), None)
+    if not JAVA.exists() or jamm is None:
+        msg = "Java 17 and the Cassandra jars are needed: run scripts/install"
+        if IN_CI:
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)
+    d = tmp_path_factory.mktemp("tls-cassandra")
+    (d / "keystore.pem").write_text(
+        (pki / "server.key").read_text() + (pki / "server.pem").read_text()
+    )
+    port, storage, ssl_storage = closed_port(), closed_port(), closed_port()
+    yaml = (
+        (ROOT / "services/cassandra/cassandra.yaml")
+        .read_text()
+        .replace("@AUTHENTICATOR@", "AllowAllAuthenticator")
+        .replace("native_transport_port: 9042", f"native_transport_port: {port}")
+        .replace("ssl_storage_port: 7001", f"ssl_storage_port: {ssl_storage}")
+        .replace("storage_port: 7000", f"storage_port: {storage}")
+        .replace('"127.0.0.1:7000"', f'"127.0.0.1:{storage}"')
+        .replace("cluster_name: 'program-user-info local'", "cluster_name: 'pui tls test'")
+    )
+    assert "client_encryption_options" not in yaml
+    yaml += f"""
+client_encryption_options:
+  ssl_context_factory:
+    class_name: org.apache.cassandra.security.PEMBasedSslContextFactory
+  enabled: true
+  optional: false
+  keystore: {d}/keystore.pem
+  truststore: {pki}/ca.pem
+  require_client_auth: true
+"""
+    (d / "cassandra.yaml").write_text(yaml)
+    (d / "tmp").mkdir()
+    argv = [
+        str(JAVA),
+        "-Xms512m",
+        "-Xmx512m",
+        f"@{ROOT}/services/cassandra/jvm17.args",
+        f"-javaagent:{jamm}",
+        f"-Dcassandra.config=file://{d}/cassandra.yaml",
+        f"-Dcassandra.storagedir={d}/data",
+        f"-Dcassandra.logdir={d}",
+        f"-Dlogback.configurationFile={ROOT}/services/cassandra/logback.xml",
+        "-Dcassandra-foreground=yes",
+        "-Dcassandra.skip_wait_for_gossip_to_settle=0",
+        "-Dcassandra.unsafesystem=true",
+        f"-Djava.io.tmpdir={d}/tmp",
+        f"-Djna.tmpdir={d}/tmp",
+        "-cp",
+        f"{JARS}/*",
+        "org.apache.cassandra.service.CassandraDaemon",
+    ]
+    with open(d / "node.log", "wb") as log:
+        node = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, cwd=d, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert node.poll() is None, (d / "node.log").read_text()[-3000:]
+            try:
+                socket.create_connection(("127.0.0.1", port), 1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the TLS Cassandra node did not start"
+                time.sleep(1)
+        yield port
+    finally:
+        os.killpg(node.pid, signal.SIGTERM)
+        try:
+            node.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(node.pid, signal.SIGKILL)
+            node.wait(30)
+
+
+def test_job_writes_through_cassandra_with_client_encryption(pki, tls_cassandra, kafka_brokers):
+    client = {
+        "PUI_CASSANDRA_TLS_CERT_FILE": str(pki / "client.pem"),
+        "PUI_CASSANDRA_TLS_KEY_FILE": str(pki / "client.key"),
+    }
+    # Without a client certificate the node refuses, and the start says it is TLS.
+    message, took = attempt(settings_for(tls_cassandra, pki), wait=20)
+    assert "CERTIFICATE_REQUIRED" in message.upper() and took < 5, message
+    # In clear text the node only resets the connection.
+    plain = config.load({"PUI_CASSANDRA_PORT": str(tls_cassandra)})
+    assert "not reachable" in attempt(plain)[0]
+
+    env = job_env(
+        "tlsjob",
+        PUI_KAFKA_BROKERS=kafka_brokers,
+        PUI_ENV=f"tls{os.getpid()}",
+        PUI_CASSANDRA_KEYSPACE="ks_tls",
+        PUI_CASSANDRA_HOSTS="127.0.0.1",
+        PUI_CASSANDRA_PORT=str(tls_cassandra),
+        PUI_CASSANDRA_TLS="true",
+        PUI_CASSANDRA_TLS_CA_FILE=str(pki / "ca.pem"),
+        **client,
+    )
+    settings = config.load(env)
+    bootstrap_cassandra(settings, wait=120)
+    ensure_topics(settings, 2)
+    try:
+        produce(settings, [(i % 2, v, None) for i, v in enumerate(generate(300, seed=3))])
+        counters = final_counters(run_job(env).stderr)
+        assert counters["upserted"] == 300 and counters["cassandra_errors"] == 0
+        cluster, session = connect(settings, wait=30)
+        try:
+            table = f"{settings.cassandra_keyspace}.{settings.cassandra_table}"
+            assert session.execute(f"SELECT COUNT(*) FROM {table}").one()[0] == 300
+        finally:
+            cluster.shutdown()
+    finally:
+        delete_topics(kafka_brokers, settings.input_topic, settings.failed_topic)
