@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from dataflow import config
+from dataflow import config, kafka_config
 from dataflow.schema import keyspace_ddl, program_enrollment_ddl
 
 log = logging.getLogger("dataflow.bootstrap")
@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         settings = config.load()
+        # librdkafka checks PUI_KAFKA_CONFIG_* now: a bad one is a configuration error.
+        kafka_config.validate(settings)
         if not args.skip_cassandra:
             bootstrap_cassandra(settings)
         if not args.skip_kafka:

@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         settings = config.load()
+        # librdkafka checks PUI_KAFKA_CONFIG_* now: a bad one is a configuration error.
+        kafka_config.validate(settings)
         topic = args.topic or settings.input_topic
         if args.file:
             values, total = _read_lines(args.file), None

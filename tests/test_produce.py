@@ -75,3 +75,21 @@ def test_real_broker_acknowledges_every_event(kafka_brokers, unique_name):
     finally:
         admin = AdminClient({"bootstrap.servers": kafka_brokers})
         admin.delete_topics([settings.input_topic])[settings.input_topic].result()
+
+
+@pytest.mark.parametrize(
+    "args", [["dataflow.produce", "--generate", "1"], ["dataflow.bootstrap", "--skip-cassandra"]]
+)
+def test_bad_librdkafka_setting_is_a_configuration_error_naming_it(args):
+    full = {k: v for k, v in os.environ.items() if not k.startswith("PUI_")}
+    full.update(PUI_KAFKA_CONFIG_BOGUS_SETTING="1", PYTHONPATH=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", *args], env=full, cwd=ROOT, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (
+        "configuration error: PUI_KAFKA_CONFIG_BOGUS_SETTING (bogus.setting): No such "
+        'configuration property: "bogus.setting"'
+    )
