@@ -223,6 +223,10 @@ def test_sunbird_hocon_names_and_variables_winning(tmp_path):
     assert (s.key, s.secret) == ("sunbirdacct", "ZnJvbS10aGUtZmlsZQ==")
     s = storage.load({"PUI_CONFIG": str(conf), "PUI_STORAGE_CONTAINER": "other"})
     assert s.container == "other"
+    # The type from the environment picks that store's Sunbird key names in the file.
+    conf.write_text('aws_storage_key = "AKIAEXAMPLE"\naws_storage_secret = "s3-secret"\n')
+    s = storage.load({"PUI_CONFIG": str(conf), "PUI_STORAGE_TYPE": "s3"})
+    assert (s.kind, s.key, s.secret) == ("s3", "AKIAEXAMPLE", "s3-secret")
     # A bad value in the file names the file's key.
     conf.write_text('store = "dropbox"\n')
     with pytest.raises(ConfigError, match="PUI_CONFIG"):

@@ -117,9 +117,10 @@ def _read_secret_file(name: str, path: str) -> str:
     return text.strip()
 
 
-def _hocon(path: str | None) -> dict[str, str]:
+def _hocon(path: str | None, kind_set: str | None) -> dict[str, str]:
     """The storage keys of the PUI_CONFIG file, plus the values storageKeyConfig and
-    storageSecretConfig point to."""
+    storageSecretConfig point to (by default Sunbird's names for the store of ``kind_set``,
+    PUI_STORAGE_TYPE, else of the file's own type)."""
     if not path:
         return {}
     from pyhocon import ConfigFactory
@@ -144,8 +145,9 @@ def _hocon(path: str | None) -> dict[str, str]:
                 found[setting] = value
                 found[f"{setting}.from"] = name
                 break
-    kind = _kind(found.get("kind", "local"), "storage type (in PUI_CONFIG)")
-    key_name, secret_name = SUNBIRD_KEY_NAMES.get(kind, (None, None))
+    # An unknown type is reported by load(), naming where it came from.
+    kind = (kind_set or found.get("kind") or "local").strip().lower()
+    key_name, secret_name = SUNBIRD_KEY_NAMES.get(KIND_ALIASES.get(kind, kind), (None, None))
     for setting, pointer, default in (
         ("key", "storageKeyConfig", key_name),
         ("secret", "storageSecretConfig", secret_name),
@@ -172,7 +174,7 @@ def _kind(raw: str, name: str) -> str:
 
 def load(environ: Mapping[str, str] | None = None) -> StorageSettings:
     env = dict(os.environ if environ is None else environ)
-    file_values = _hocon(env.get("PUI_CONFIG"))
+    file_values = _hocon(env.get("PUI_CONFIG"), env.get("PUI_STORAGE_TYPE"))
 
     def get(var: str, setting: str, default: str | None) -> tuple[str | None, str]:
         if env.get(var, "") != "":
