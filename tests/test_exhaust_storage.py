@@ -173,7 +173,7 @@ def test_local_is_the_default_with_sunbirds_container_and_prefix():
         ({"PUI_STORAGE_CONTAINER": "Reports"}, "PUI_STORAGE_CONTAINER"),
         ({"PUI_STORAGE_PREFIX": "ml_reports/../x"}, "PUI_STORAGE_PREFIX"),
         ({"PUI_STORAGE_PREFIX": "a\nb"}, "PUI_STORAGE_PREFIX"),
-        ({"PUI_STORAGE_TYPE": "s3", "PUI_STORAGE_ENDPOINT": "file:///etc"}, "http(s) URL"),
+        ({"PUI_STORAGE_TYPE": "s3", "PUI_STORAGE_ENDPOINT": "file:///etc"}, "http(s) URL$"),
         (
             {"PUI_STORAGE_TYPE": "s3", "PUI_STORAGE_ENDPOINT": "http://u:p@127.0.0.1:1"},
             "credentials",

@@ -215,7 +215,8 @@ def load(environ: Mapping[str, str] | None = None) -> StorageSettings:
     if endpoint:
         parts = urlsplit(endpoint.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"{endpoint_name} must be an http(s) URL, not {endpoint!r}")
+            # Not echoed: a mistyped endpoint may hold a credential.
+            raise ConfigError(f"{endpoint_name} must be an http(s) URL")
         if parts.username or parts.password or parts.query or parts.fragment:
             raise ConfigError(
                 f"{endpoint_name} must not carry credentials, a query or a fragment: put the "
