@@ -39,8 +39,18 @@ class FailedTopicPublisher:
 
     def __init__(self, settings: Settings):
         self.topic = settings.failed_topic
-        self._producer = Producer(producer_config(settings))
+        self._settings = settings
+        # Made at the first rejection: librdkafka queues its log lines until the client is
+        # polled, and a producer that never publishes would never be polled, so during a Kafka
+        # outage an idle one would only accumulate them.
+        self._client: Producer | None = None
         self._undelivered: list[tuple] = []
+
+    @property
+    def _producer(self) -> Producer:
+        if self._client is None:
+            self._client = Producer(producer_config(self._settings))
+        return self._client
 
     def publish(
         self,
@@ -81,6 +91,7 @@ class FailedTopicPublisher:
                 self._producer.produce(
                     self.topic, value=value, key=key, headers=headers, on_delivery=on_delivery
                 )
+                self._producer.poll(0)  # serve reports and log lines as they come
                 return
             except BufferError:
                 self._producer.poll(0.1)
@@ -91,6 +102,8 @@ class FailedTopicPublisher:
 
     def flush(self) -> None:
         """Wait until every published message is acknowledged; re-send failures with backoff."""
+        if self._client is None:
+            return  # nothing was ever published
         attempt = 0
         while True:
             remaining = self._producer.flush(30)

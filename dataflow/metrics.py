@@ -174,6 +174,9 @@ class Readiness:
             meta = self._admin.list_topics(topic=s.input_topic, timeout=self.TIMEOUT)
         except KafkaException as exc:
             return False, f"{s.kafka_brokers} not reachable ({exc.args[0].str()})"
+        finally:
+            # librdkafka queues the client's log lines until it is polled.
+            self._admin.poll(0)
         topic = meta.topics.get(s.input_topic)
         if topic is None or topic.error is not None:
             return False, f"topic {s.input_topic} not available on {s.kafka_brokers}"

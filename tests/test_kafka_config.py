@@ -122,3 +122,16 @@ def test_asking_for_a_missing_topic_does_not_create_it(kafka_brokers, unique_nam
     if created:  # clean up before failing
         AdminClient({"bootstrap.servers": kafka_brokers}).delete_topics(list(created))
     assert not created
+
+
+def test_failed_topic_producer_is_made_at_the_first_rejection():
+    """An idle client is never polled, and librdkafka keeps its log lines until it is: so none
+    exists before there is something to publish (an outage would otherwise pile them up)."""
+    from dataflow.failed import FailedTopicPublisher
+
+    settings = config.load({"PUI_KAFKA_BROKERS": f"127.0.0.1:{closed_port()}"})
+    publisher = FailedTopicPublisher(settings)
+    started = time.monotonic()
+    publisher.flush()  # nothing published: returns at once, connects nowhere
+    assert time.monotonic() - started < 1
+    assert publisher._client is None
