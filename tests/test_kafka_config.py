@@ -135,3 +135,48 @@ def test_failed_topic_producer_is_made_at_the_first_rejection():
     publisher.flush()  # nothing published: returns at once, connects nowhere
     assert time.monotonic() - started < 1
     assert publisher._client is None
+
+
+@pytest.mark.parametrize(
+    ("errors", "cause", "final"),
+    [
+        # librdkafka's texts for a broker with SASL/SCRAM whose credentials are wrong (no such
+        # broker in the local stack; the other causes are produced for real in
+        # tests/test_streaming_startup.py).
+        (
+            [
+                (
+                    "_AUTHENTICATION",
+                    "sasl_ssl://b1:9093/bootstrap: SASL authentication error: Authentication "
+                    "failed during authentication due to invalid credentials with SASL "
+                    "mechanism SCRAM-SHA-512 (after 310ms in state AUTH_REQ)",
+                )
+            ],
+            "authentication failed (check PUI_KAFKA_CONFIG_SASL_USERNAME and "
+            "PUI_KAFKA_CONFIG_SASL_PASSWORD): SASL authentication error",
+            True,
+        ),
+        (
+            [
+                (
+                    "_SSL",
+                    "ssl://b1:9093/bootstrap: SSL handshake failed: error:0A000086:SSL "
+                    "routines::certificate verify failed: broker certificate could not be "
+                    "verified, verify that ssl.ca.location is correctly configured",
+                )
+            ],
+            "TLS certificate not accepted (check PUI_KAFKA_CONFIG_SSL_CA_LOCATION",
+            True,
+        ),
+        (
+            [("_TRANSPORT", "b1:9092/bootstrap: Connect to ipv4#10.0.0.1:9092 failed: timed out")],
+            "unreachable: Connect to ipv4#10.0.0.1:9092 failed: timed out",
+            False,
+        ),
+        ([("_ALL_BROKERS_DOWN", "1/1 brokers are down")], "unreachable: no broker answered", False),
+    ],
+)
+def test_startup_diagnosis_names_the_cause(errors, cause, final):
+    diagnosis = kafka_config.diagnose(errors, config.load({}))
+    assert diagnosis.cause.startswith(cause), diagnosis.cause
+    assert diagnosis.final is final
