@@ -16,9 +16,20 @@ from dataflow.exhaust.sources import Consent
 SALT = "s-alt"
 
 
+class Rows:
+    """Enrolment rows of a test, fed to a ``report.Report`` by ``write``."""
+
+    def __init__(self, layout_):
+        self.layout = layout_
+        self.rows: list[dict] = []
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+
+
 def world(n: int, seed: int = 3):
     rng = random.Random(seed)
-    rows = report.Rows(layout.load())
+    rows = Rows(layout.load())
     consents, pii, bad = {}, {}, 0
     for i in range(n):
         uid = f"u{i:03d}"
@@ -39,7 +50,7 @@ def world(n: int, seed: int = 3):
     return rows, consents, pii, bad
 
 
-def write(tmp_path, rows, consents, pii, name="r.csv", asked=None):
+def write(tmp_path, rows, consents, pii, name="r.csv", asked=None, limit=report.SORT_ROWS):
     """The CSV and counts; ``asked`` collects the user ids of each user-cache lookup."""
 
     def lookup(uids: list[str]) -> dict[str, tuple]:
@@ -49,7 +60,23 @@ def write(tmp_path, rows, consents, pii, name="r.csv", asked=None):
 
     counts = report.Counts()
     path = tmp_path / name
-    report.write_csv(path, rows, consents, lookup, SALT, counts)
+    runs = tmp_path / f"{name}.runs"
+    runs.mkdir()
+    built = report.Report(
+        rows.layout,
+        consents=lambda uids: {uid: consents[uid] for uid in uids if uid in consents},
+        lookup=lookup,
+        salt=SALT,
+        counts=counts,
+        folder=runs,
+        limit=limit,
+    )
+    for row in rows.rows:
+        built.add(row)
+    built.finish()
+    built.write(path)
+    # Every run is read once and removed as the merge finishes it.
+    assert not list(runs.iterdir())
     return path.read_bytes().decode("utf-8"), counts
 
 
@@ -62,7 +89,9 @@ def test_chunked_writing_equals_one_chunk_and_counts_what_it_saw(tmp_path, monke
     assert chunked == whole
     assert chunked_counts == counts
     active = {uid for uid, consent in consents.items() if consent.active}
-    consenting = [item[1] for item in rows.items if item[0] and item[1] in active]
+    consenting = [
+        r["user_id"] for r in rows.rows if r["pii_consent_required"] and r["user_id"] in active
+    ]
     # The cache is asked chunk by chunk, for consenting users only, each of them once.
     assert len(asked) > 1
     assert all(0 < len(uids) <= 7 for uids in asked)

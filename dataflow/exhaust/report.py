@@ -1,16 +1,23 @@
 """The CSV of spec exhaust.md §3: one line per enrolled user, PII only with consent.
 
-Rows are kept as compact tuples (repeated texts shared) until every consent and PII lookup
-is done, then sorted and written once.
+A report holds at most ``PUI_REPORT_SORT_ROWS`` rows, whatever its size. Rows are taken in
+batches of that many as the partition is read; each batch gets its users' consents, is sorted
+and, when the report is larger than one batch, written to a sorted run in the report's
+private work folder. The runs are merged while the CSV is written, and the user cache is read
+and decrypted chunk by chunk during that write.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import heapq
 import os
-from collections.abc import Callable
+import pickle
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
+from operator import itemgetter
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -22,8 +29,14 @@ IST = ZoneInfo("Asia/Kolkata")
 UTC = dt.UTC
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 CHUNK = 10_000  # rows whose PII is fetched, decrypted and written together: bounds what is held
+SORT_ROWS = 200_000  # default of PUI_REPORT_SORT_ROWS
+# Runs merged at once. More runs are first merged into longer ones, so open files and the
+# blocks held while merging stay bounded however many runs a report makes.
+FAN_IN = 32
 # user ids -> (firstname, lastname, encrypted email, encrypted phone) of those in the cache
 PiiLookup = Callable[[list[str]], dict[str, tuple]]
+# user ids -> the consent of each user who has one
+ConsentLookup = Callable[[list[str]], dict[str, Consent]]
 
 
 @dataclass
@@ -34,6 +47,7 @@ class Counts:
     missing_in_cache: int = 0
     undecryptable: int = 0
     encrypted: int = 0  # email and phone values that were decrypted, or tried
+    runs: int = 0  # sorted runs written to disk (0: the report was sorted in memory)
     # Wall seconds per phase, for the log line that says where a slow report spent its time.
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -46,43 +60,9 @@ SHARED_COLUMNS = (
     "user_sub_type",
     "organisation_name",
 )
-
-
-class Rows:
-    """The filtered enrolment rows of one report, compactly."""
-
-    def __init__(self, layout: Layout) -> None:
-        self.layout = layout
-        self.fields = ROW_FIELDS + layout.location_keys
-        self.items: list[tuple] = []  # (needs_consent, *values by self.fields)
-        self._texts: dict[str, str] = {}
-
-    def _share(self, value) -> str:
-        if value is None:
-            return ""
-        text = value if isinstance(value, str) else str(value)
-        return self._texts.setdefault(text, text)
-
-    def add(self, row: dict) -> None:
-        # A report holds up to millions of rows: repeated texts are stored once, and this
-        # runs once per row, so it avoids a call per field.
-        texts, share = self._texts, self._share
-        locations = row.get("user_locations") or {}
-        values = [row.get(name) for name in SHARED_COLUMNS]
-        values += [locations.get(key) for key in self.layout.location_keys]
-        self.items.append(
-            (
-                row.get("pii_consent_required") is True,
-                row["user_id"],
-                *[texts.setdefault(v, v) if type(v) is str else share(v) for v in values],
-            )
-        )
-
-    def needing_consent(self) -> list[str]:
-        return [item[1] for item in self.items if item[0]]
-
-    def __len__(self) -> int:
-        return len(self.items)
+# A row is held as (consent active, consent day, user_id, *SHARED_COLUMNS, *location keys),
+# plus its personal cells at the end when the sort needs them.
+ACTIVE, DAY, USER = 0, 1, 2
 
 
 # Asia/Kolkata has been UTC+05:30 without change since 15 October 1945: from then on the
@@ -120,9 +100,7 @@ def safe_cell(value: str) -> str:
     return "'" + value if value.startswith(FORMULA_STARTS) else value
 
 
-def personal_cells(
-    items: list[tuple], consents: dict[str, Consent], lookup: PiiLookup, salt: str, tally
-) -> list[list[str]]:
+def personal_cells(items: list[tuple], lookup: PiiLookup, salt: str, tally) -> list[list[str]]:
     """The PII_FIELDS cells of each item, in PII_FIELDS order, counting into ``tally``.
 
     The user cache is asked for the consenting users of these items only, and every email
@@ -132,14 +110,11 @@ def personal_cells(
     cells = []
     consenting: list[tuple[list[str], str]] = []  # (cells of a row, user id)
     for item in items:
-        row = ["", "", "", "No", ""]  # username, phone, email, consentflag, consentprovideddate
-        if item[0]:
-            consent = consents.get(item[1])
-            if consent is not None:
-                row[4] = consent_date(consent.last_updated_on)
-                if consent.active:
-                    row[3] = "Yes"
-                    consenting.append((row, item[1]))
+        # username, phone, email, consentflag, consentprovideddate
+        row = ["", "", "", "No", item[DAY]]
+        if item[ACTIVE]:
+            row[3] = "Yes"
+            consenting.append((row, item[USER]))
         cells.append(row)
     tally.consenting += len(consenting)
     pii = lookup([uid for _, uid in consenting]) if consenting else {}
@@ -164,77 +139,213 @@ def personal_cells(
     return cells
 
 
-def write_csv(
-    path: Path,
-    rows: Rows,
-    consents: dict[str, Consent],
-    lookup: PiiLookup,
-    salt: str,
-    counts: Counts,
-    progress=None,
-) -> None:
-    """Sort the rows and write them, CHUNK at a time: each chunk's PII is fetched from the
-    user cache (``lookup``) and decrypted just before it is written, so only one chunk's
-    personal data is ever held."""
-    layout = rows.layout if any(i[0] for i in rows.items) else rows.layout.without_pii()
-    at_row = {name: n + 1 for n, name in enumerate(rows.fields)}
-    at_person = {name: n for n, name in enumerate(PII_FIELDS)}
-    # Per column: the value comes from the personal cells, the compact row or nowhere (blank),
-    # quoted or not. Row texts other than the user id repeat across rows, so their rendered
-    # cells are remembered instead of rendered again for each of a million rows.
-    plan = []
-    for _label, name in layout.columns:
-        quoted = name in layout.quoted
-        if name in at_person:
-            plan.append((True, at_person[name], None, quoted))
-        elif name in at_row:
-            memo = None if name == "user_id" else {}
-            plan.append((False, at_row[name], memo, quoted))
+def batches(items: Iterable, size: int) -> Iterator[list]:
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+class Report:
+    """One report's rows, sorted with at most ``limit`` of them in memory.
+
+    ``add`` takes the filtered enrolment rows in any order; ``finish`` settles the last
+    batch; ``write`` writes the CSV. Runs are written into ``folder``, which must be private
+    to this process (they hold user ids and consents, and personal cells when the sort needs
+    them) and removed by the caller, after a success or a failure.
+    """
+
+    def __init__(
+        self,
+        layout: Layout,
+        *,
+        consents: ConsentLookup,
+        lookup: PiiLookup,
+        salt: str,
+        counts: Counts,
+        folder: Path,
+        limit: int = SORT_ROWS,
+    ) -> None:
+        self.layout = layout
+        self.fields = ROW_FIELDS + layout.location_keys
+        self.consents, self.lookup, self.salt, self.counts = consents, lookup, salt, counts
+        self.folder, self.limit = folder, limit
+        self.rows = 0
+        self.any_consent_needed = False
+        self.runs: list[Path] = []
+        self._batch: list[tuple] = []  # (needs consent, user_id, *values) as read
+        self._held: list[tuple] = []  # the sorted rows, when they fit in one batch
+        self._texts: dict[str, str] = {}
+        self._made = 0
+        # Rows are pickled in blocks: the merge holds one block per run it reads.
+        self._block = max(1, min(2000, limit // (2 * FAN_IN)))
+        self.at_row = {name: n + USER for n, name in enumerate(self.fields)}
+        self.person_sort = not all(f in self.at_row for f in layout.sort)
+        if not self.person_sort:
+            at = [self.at_row[f] for f in layout.sort]
+            # A C-level key: the sort and the merge call it once per row.
+            self.key = itemgetter(*at) if at else (lambda item: ())
         else:
-            plan.append((None, 0, None, quoted))
+            person = len(self.fields) + USER
+            at_person = {name: n for n, name in enumerate(PII_FIELDS)}
+            picks = [(at_person.get(f), self.at_row.get(f)) for f in layout.sort]
+            self.key = lambda item: tuple(
+                item[person][p] if p is not None else item[r] if r is not None else ""
+                for p, r in picks
+            )
 
-    def line(item: tuple, person: list[str]) -> list[str]:
-        out = []
-        for from_person, at, memo, quoted in plan:
-            if from_person is None:
-                out.append("")
-                continue
-            value = person[at] if from_person else item[at]
-            if memo is not None:
-                known = memo.get(value)
-                if known is None:
-                    known = memo[value] = render(value, quoted)
-                out.append(known)
-            else:
-                out.append(render(value, quoted))
-        return out
+    def _share(self, value) -> str:
+        if value is None:
+            return ""
+        text = value if isinstance(value, str) else str(value)
+        return self._texts.setdefault(text, text)
 
-    # Blank first, by code point: Python's str order. Only the keys are held, not the lines.
-    if all(f in at_row for f in layout.sort):
-        ordered = sorted(rows.items, key=lambda i: tuple(i[at_row[f]] for f in layout.sort))
-    else:
-        # A PII field in the sort needs every row's personal cells first (rare: not the
-        # default model); counted later, when the rows are written.
-        people = personal_cells(rows.items, consents, lookup, salt, Counts())
-        by_field = [(at_person.get(f), at_row.get(f)) for f in layout.sort]
-        keyed = sorted(
-            zip(rows.items, people, strict=True),
-            key=lambda pair: tuple(
-                pair[1][p] if p is not None else pair[0][r] if r is not None else ""
-                for p, r in by_field
-            ),
+    def add(self, row: dict) -> None:
+        # Up to millions of rows: repeated texts are stored once, and this runs once per
+        # row, so it avoids a call per field.
+        if len(self._batch) >= self.limit:
+            # Only when a row beyond the limit comes: a report of exactly one batch is not
+            # spilled.
+            self._spill(self._settle())
+        texts, share = self._texts, self._share
+        locations = row.get("user_locations") or {}
+        values = [row.get(name) for name in SHARED_COLUMNS]
+        values += [locations.get(key) for key in self.layout.location_keys]
+        self._batch.append(
+            (
+                row.get("pii_consent_required") is True,
+                row["user_id"],
+                *[texts.setdefault(v, v) if type(v) is str else share(v) for v in values],
+            )
         )
-        ordered = [item for item, _ in keyed]
-        del keyed, people
-    # Personal data: readable by its owner only, whatever the umask.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with open(fd, "w", encoding="utf-8", newline="") as out:
-        writer = csv.writer(out, lineterminator="\r\n")
-        writer.writerow([safe_cell(label) for label, _ in layout.columns])
-        for n in range(0, len(ordered), CHUNK):
-            chunk = ordered[n : n + CHUNK]
-            people = personal_cells(chunk, consents, lookup, salt, counts)
-            writer.writerows(line(item, person) for item, person in zip(chunk, people, strict=True))
-            if progress is not None:
-                progress(n + len(chunk))
-    counts.rows = len(rows)
+
+    def finish(self) -> None:
+        """Settle the last batch: held in memory if it is the only one, else spilled."""
+        items = self._settle()
+        if self.runs:
+            self._spill(items)
+        else:
+            self._held = items
+
+    def _settle(self) -> list[tuple]:
+        """The batch read so far with its consents (and personal cells if the sort needs
+        them), sorted."""
+        items, self._batch = self._batch, []
+        self.rows += len(items)
+        needing = [item[1] for item in items if item[0]]
+        self.counts.needing_consent += len(needing)
+        self.any_consent_needed |= bool(needing)
+        found = self.consents(needing) if needing else {}
+        del needing
+        days: dict = {}
+        # In place: a batch's rows are never held twice.
+        for n, item in enumerate(items):
+            consent = found.get(item[1]) if item[0] else None
+            if consent is None:
+                items[n] = (False, "", *item[1:])
+            else:
+                when = consent.last_updated_on
+                day = days.get(when)
+                if day is None:
+                    day = days[when] = consent_date(when)
+                items[n] = (consent.active, day, *item[1:])
+        del found
+        if self.person_sort:
+            people = personal_cells(items, self.lookup, self.salt, self.counts)
+            items = [(*item, cells) for item, cells in zip(items, people, strict=True)]
+            del people
+        items.sort(key=self.key)
+        # Texts shared within a batch only: the table of them must not grow with the report.
+        self._texts = {}
+        return items
+
+    def _spill(self, items: Iterable[tuple]) -> Path:
+        path = self.folder / f"run-{self._made:06d}"
+        self._made += 1
+        # Exclusive and 0600 inside the 0700 folder: never an existing file, never readable
+        # by others.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(fd, "wb", buffering=1 << 20) as out:
+            for block in batches(items, self._block):
+                pickle.dump(block, out, protocol=pickle.HIGHEST_PROTOCOL)
+        self.runs.append(path)
+        self.counts.runs += 1
+        return path
+
+    def _read(self, path: Path) -> Iterator[tuple]:
+        # Runs are this process's own files in its private folder, so unpickling them is safe.
+        with open(path, "rb", buffering=1 << 20) as run:
+            while True:
+                try:
+                    block = pickle.load(run)
+                except EOFError:
+                    break
+                yield from block
+        path.unlink()
+
+    def ordered(self) -> Iterator[tuple]:
+        """Every row in sort order: the held batch, or the runs merged."""
+        if not self.runs:
+            held, self._held = self._held, []
+            return iter(held)
+        runs, self.runs = self.runs, []
+        while len(runs) > FAN_IN:
+            group, runs = runs[:FAN_IN], runs[FAN_IN:]
+            # Appended last: the merge keeps rows of equal keys in the order they were read.
+            self._spill(heapq.merge(*map(self._read, group), key=self.key))
+            runs.append(self.runs.pop())
+        return heapq.merge(*map(self._read, runs), key=self.key)
+
+    def write(self, path: Path, progress=None) -> None:
+        """Write the sorted CSV, CHUNK rows at a time: each chunk's PII is fetched from the
+        user cache and decrypted just before it is written, so only one chunk's personal data
+        is ever held."""
+        layout = self.layout if self.any_consent_needed else self.layout.without_pii()
+        at_person = {name: n for n, name in enumerate(PII_FIELDS)}
+        # Per column: the value comes from the personal cells, the row or nowhere (blank),
+        # quoted or not. Row texts other than the user id repeat across rows, so their
+        # rendered cells are remembered instead of rendered again for each of a million rows.
+        plan = []
+        for _label, name in layout.columns:
+            quoted = name in layout.quoted
+            if name in at_person:
+                plan.append((True, at_person[name], None, quoted))
+            elif name in self.at_row:
+                memo = None if name == "user_id" else {}
+                plan.append((False, self.at_row[name], memo, quoted))
+            else:
+                plan.append((None, 0, None, quoted))
+
+        def line(item: tuple, person: list[str]) -> list[str]:
+            out = []
+            for from_person, at, memo, quoted in plan:
+                if from_person is None:
+                    out.append("")
+                    continue
+                value = person[at] if from_person else item[at]
+                if memo is not None:
+                    known = memo.get(value)
+                    if known is None:
+                        known = memo[value] = render(value, quoted)
+                    out.append(known)
+                else:
+                    out.append(render(value, quoted))
+            return out
+
+        written = 0
+        # Personal data: readable by its owner only, whatever the umask.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "w", encoding="utf-8", newline="") as out:
+            writer = csv.writer(out, lineterminator="\r\n")
+            writer.writerow([safe_cell(label) for label, _ in layout.columns])
+            for chunk in batches(self.ordered(), CHUNK):
+                if self.person_sort:
+                    people = [item[-1] for item in chunk]
+                else:
+                    people = personal_cells(chunk, self.lookup, self.salt, self.counts)
+                writer.writerows(
+                    line(item, person) for item, person in zip(chunk, people, strict=True)
+                )
+                written += len(chunk)
+                if progress is not None:
+                    progress(written)
+        self.counts.rows = self.rows

@@ -25,7 +25,7 @@ from dataflow.cassandra_session import connect as cassandra_connect
 from dataflow.cassandra_session import describe as describe_cassandra
 from dataflow.config import ConfigError
 from dataflow.exhaust import archive, filters, layout, requests, safe, sources, storage
-from dataflow.exhaust.report import IST, Counts, Rows, write_csv
+from dataflow.exhaust.report import IST, Counts, Report
 from dataflow.exhaust.settings import ExhaustSettings
 
 log = logging.getLogger("dataflow.exhaust")
@@ -192,7 +192,7 @@ class Worker:
         requests.release(conn, claim)
         log.info(
             "request %s: SUCCESS in %.1f s: %d rows, %d needing consent, %d consenting, "
-            "%d not in the user cache, %d undecryptable values -> %s (%s)",
+            "%d not in the user cache, %d undecryptable values, %s -> %s (%s)",
             safe.shown(claim.request_id),
             millis / 1000,
             counts.rows,
@@ -200,6 +200,7 @@ class Worker:
             counts.consenting,
             counts.missing_in_cache,
             counts.undecryptable,
+            f"sorted in {counts.runs} runs on disk" if counts.runs else "sorted in memory",
             path,
             ", ".join(f"{phase} {sec:.1f} s" for phase, sec in counts.seconds.items()),
         )
@@ -214,6 +215,29 @@ class Worker:
         if problem is not None:
             raise ReportFailed(problem)
         request = filters.parse(claim.request_data)
+        folder = s.report_store / FOLDER
+        day = dt.datetime.now(IST).strftime("%Y%m%d")
+        name = f"{claim.request_id}_{day}"
+        final = folder / f"{name}.zip"
+        if final.resolve().parent != folder.resolve():
+            # process() refuses unsafe ids; this keeps a future caller from escaping the store.
+            raise ReportFailed(f"refused: the report would leave the report store ({safe.ID_RULE})")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            # The sorted runs of a large report, the plaintext CSV, and the zip until it is
+            # complete live in a folder only this user can enter (mkdtemp makes it 0700),
+            # removed whatever happens. It is made inside the store so that the finished zip
+            # moves into place by a rename (same file system): no reader sees a partial zip.
+            work = Path(tempfile.mkdtemp(prefix=".building-", dir=s.report_store))
+        except OSError as exc:
+            raise ReportFailed(f"writing the report failed: {exc}") from None
+        try:
+            return self._build_in(work, claim, request, final)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _build_in(self, work: Path, claim: requests.Claim, request, final: Path):
+        s = self.settings
         counts = Counts()
         clock = time.monotonic()
 
@@ -223,9 +247,38 @@ class Worker:
             counts.seconds[phase] = now - clock
             clock = now
 
+        # Consents are read batch by batch while the partition is read, and the user cache
+        # chunk by chunk while the CSV is written (or per batch when the sort needs PII);
+        # their times are reported apart from the phases they happen in.
+        counts.seconds.update({"enrolments": 0.0, "consents": 0.0, "user cache": 0.0})
+
+        def consents_of(user_ids: list[str]):
+            began = time.monotonic()
+            try:
+                return sources.consents(
+                    self.cassandra(), s.user_keyspace, request.program_id, user_ids, request.consent
+                )
+            finally:
+                counts.seconds["consents"] += time.monotonic() - began
+
+        def lookup(user_ids: list[str]) -> dict[str, tuple]:
+            began = time.monotonic()
+            try:
+                return self.read_cache(user_ids)
+            finally:
+                counts.seconds["user cache"] += time.monotonic() - began
+
+        rows = Report(
+            self.layout,
+            consents=consents_of,
+            lookup=lookup,
+            salt=s.salt,
+            counts=counts,
+            folder=work,
+            limit=s.sort_rows,
+        )
         try:
             session = self.cassandra()
-            rows = Rows(self.layout)
             with young_collections_only():
                 for row in sources.enrolments(
                     session,
@@ -235,17 +288,13 @@ class Worker:
                 ):
                     if all(p.test(row) for p in request.enrolment):
                         rows.add(row)
-            # The rows live until the file is written: later collections need not walk them.
+                rows.finish()
+            # The rows held (a report that fits in one batch) live until the file is
+            # written: later collections need not walk them.
             gc.freeze()
-            if not len(rows):
+            if not rows.rows:
                 raise ReportFailed("No Data Found")
             lap("enrolments")
-            needing = rows.needing_consent()
-            counts.needing_consent = len(needing)
-            consents = sources.consents(
-                session, s.user_keyspace, request.program_id, needing, request.consent
-            )
-            lap("consents")
         except ReportFailed:
             raise
         except CASSANDRA_AWAY as exc:
@@ -253,21 +302,22 @@ class Worker:
                 f"Cassandra stopped answering while the report was read: "
                 f"{type(exc).__name__}: {describe_cassandra(exc)[:200]}"
             ) from None
+        except redis.RedisError as exc:
+            raise ReportFailed(
+                f"the user cache (Redis) failed: {type(exc).__name__}: {str(exc)[:200]}"
+            ) from None
+        except OSError as exc:
+            raise ReportFailed(f"writing the report failed: {exc}") from None
         except Exception as exc:  # any other driver error becomes one clear line
             log.debug("request %s failed", safe.shown(claim.request_id), exc_info=True)
             raise ReportFailed(
                 f"reading the report data failed: {type(exc).__name__}: {str(exc)[:200]}"
             ) from None
-        folder = s.report_store / FOLDER
-        folder.mkdir(parents=True, exist_ok=True)
-        day = dt.datetime.now(IST).strftime("%Y%m%d")
-        name = f"{claim.request_id}_{day}"
-        final = folder / f"{name}.zip"
-        if final.resolve().parent != folder.resolve():
-            # process() refuses unsafe ids; this keeps a future caller from escaping the store.
-            raise ReportFailed(f"refused: the report would leave the report store ({safe.ID_RULE})")
+        # The enrolments phase is the partition read; consents read meanwhile are their own.
+        counts.seconds["enrolments"] -= counts.seconds["consents"] + counts.seconds["user cache"]
+        cache_before = counts.seconds["user cache"]
         bar = tqdm(
-            total=len(rows),
+            total=rows.rows,
             unit="row",
             desc=safe.shown(claim.request_id, 40),
             disable=not self.progress,
@@ -279,29 +329,13 @@ class Worker:
             bar.update(n - last[0])
             last[0] = n
 
-        # The user cache is read chunk by chunk while the CSV is written; its time is
-        # reported apart from the CSV's.
-        counts.seconds["user cache"] = 0.0
-
-        def lookup(user_ids: list[str]) -> dict[str, tuple]:
-            began = time.monotonic()
-            try:
-                return self.read_cache(user_ids)
-            finally:
-                counts.seconds["user cache"] += time.monotonic() - began
-
-        # The plaintext CSV, and the zip until it is complete, live in a folder only this
-        # user can enter (mkdtemp makes it 0700), removed whatever happens. It is made
-        # inside the store so that the finished zip moves into place by a rename (same file
-        # system): no reader ever sees a partial zip.
-        work = Path(tempfile.mkdtemp(prefix=".building-", dir=s.report_store))
         try:
-            csv_path = work / f"{name}.csv"
-            write_csv(csv_path, rows, consents, lookup, s.salt, counts, progress)
-            bar.update(len(rows) - last[0])
+            csv_path = work / f"{final.stem}.csv"
+            rows.write(csv_path, progress)
+            bar.update(rows.rows - last[0])
             bar.close()
             lap("csv")
-            counts.seconds["csv"] -= counts.seconds["user cache"]
+            counts.seconds["csv"] -= counts.seconds["user cache"] - cache_before
             if counts.encrypted and counts.undecryptable == counts.encrypted:
                 raise ReportFailed(
                     f"none of the {counts.encrypted} encrypted email and phone values of the "
@@ -322,7 +356,6 @@ class Worker:
             raise ReportFailed(f"writing the report failed: {exc}") from None
         finally:
             bar.close()
-            shutil.rmtree(work, ignore_errors=True)
         # Identical requests share this one file: succeed() gives them all its path.
         return final, counts
 

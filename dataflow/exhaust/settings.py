@@ -27,6 +27,7 @@ ENV_VARS = (
     "PUI_POLL_INTERVAL",
     "PUI_REPORT_FILE_MODE",
     "PUI_STORE_WAIT",
+    "PUI_REPORT_SORT_ROWS",
     *storage.ENV_VARS,
 )
 SECRETS = ("PUI_ENCRYPTION_SALT", *storage.SECRETS)
@@ -48,6 +49,8 @@ class ExhaustSettings:
     report_mode: int = 0o600
     # Seconds a request waits for an unreachable Cassandra or Redis before it gives up.
     store_wait: float = 60.0
+    # Rows a report holds in memory; a larger report is sorted in runs spilled to disk.
+    sort_rows: int = 200_000
     storage: storage.StorageSettings = field(default_factory=storage.StorageSettings)
 
 
@@ -60,6 +63,15 @@ def _number(env: Mapping[str, str], name: str, default: str, low: float, high: f
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low:g} and {high:g}, not {raw}")
     return value
+
+
+def _whole(env: Mapping[str, str], name: str, default: str, low: int, high: int) -> int:
+    raw = (env.get(name) or default).strip().replace("_", "")
+    if not raw.isascii() or not raw.isdigit() or not low <= int(raw) <= high:
+        raise ConfigError(
+            f"{name} must be a whole number between {low:,} and {high:,}, not {raw[:40]!r}"
+        )
+    return int(raw)
 
 
 def _mode(env: Mapping[str, str]) -> int:
@@ -113,5 +125,6 @@ def load(environ: Mapping[str, str] | None = None) -> ExhaustSettings:
         poll_interval=_number(env, "PUI_POLL_INTERVAL", "60", 0.1, 86400),
         report_mode=_mode(env),
         store_wait=_number(env, "PUI_STORE_WAIT", "60", 0, 3600),
+        sort_rows=_whole(env, "PUI_REPORT_SORT_ROWS", "200000", 100, 100_000_000),
         storage=storage.load(env),
     )
