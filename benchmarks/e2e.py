@@ -42,6 +42,7 @@ import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
+from cassandra.cluster import EXEC_PROFILE_DEFAULT
 from cassandra.concurrent import execute_concurrent, execute_concurrent_with_args
 from cassandra.query import BatchStatement, BatchType
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -154,6 +155,9 @@ def native_ceilings(settings: config.Settings, events: list[bytes]) -> dict[str,
 
 def sink_ceilings(settings: config.Settings, rows: list[tuple]) -> dict[str, float]:
     cluster, session = connect(settings, wait=60)
+    # A busy shared box can stall Cassandra for seconds (flushes, schema changes of other
+    # runs); a ceiling measures throughput, not the driver's default 10 s patience.
+    session.get_execution_profile(EXEC_PROFILE_DEFAULT).request_timeout = 60
     ks = settings.cassandra_keyspace
     session.execute(program_enrollment_ddl(ks, "ceiling"), timeout=60)
     insert = session.prepare(
@@ -559,9 +563,20 @@ def main() -> int:
         results["soak"] = paced_run(f"{name}soak", rate, args.soak_minutes * 60, work / "soak")
 
     shutil.rmtree(work, ignore_errors=True)
+    drop_keyspaces(settings, [name, f"{name}lat", f"{name}soak"])
     save(results)
     report(results)
     return 0
+
+
+def drop_keyspaces(settings: config.Settings, names: list[str]) -> None:
+    """Leftover benchmark keyspaces fill the local Cassandra's heap: drop what this run made."""
+    cluster, session = connect(settings, wait=60)
+    try:
+        for name in names:
+            session.execute(f"DROP KEYSPACE IF EXISTS ks_{name}", timeout=120)
+    finally:
+        cluster.shutdown()
 
 
 def save(results: dict) -> None:

@@ -156,9 +156,11 @@ class _CassandraSinkPartition(StatefulSinkPartition):
             for rejection in completed.rejections:
                 self._reject(batch, rejection)
             metrics.WRITE_SECONDS.observe((completed.done_at_ms - completed.submitted_ms) / 1000)
-            for stamp in batch.timestamps:
-                if stamp != NO_TIMESTAMP:
-                    metrics.EVENT_AGE.observe(max(completed.done_at_ms - stamp, 0) / 1000)
+            done_s = completed.done_at_ms / 1000
+            metrics.observe_many(
+                metrics.EVENT_AGE,
+                [max(done_s - t / 1000, 0.0) for t in batch.timestamps if t != NO_TIMESTAMP],
+            )
             if batch.offsets:
                 conn.committer.advance(batch.topic, batch.partition, batch.offsets[-1])
                 touched.add((batch.topic, batch.partition))

@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import methodcaller
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import (
@@ -31,6 +32,7 @@ log = logging.getLogger("dataflow.source")
 
 # Kafka reports "no timestamp" as type 0; the sink then uses the wall clock.
 NO_TIMESTAMP = -1
+_stamp = methodcaller("timestamp")
 # An idle partition is polled again after this pause instead of spinning.
 IDLE_PAUSE = timedelta(milliseconds=20)
 
@@ -167,23 +169,15 @@ class _KafkaPartition(StatefulSourcePartition):
             return []
         self._awake = None
         batch = MessageBatch(self._topic, self._partition)
-        values, keys, offsets, stamps = batch.values, batch.keys, batch.offsets, batch.timestamps
-        for msg in msgs:
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    self._eof = self._stop_at_end
-                    continue
-                metrics.KAFKA_ERRORS.labels(err.name()).inc()
-                if err.fatal():
-                    raise RuntimeError(f"fatal Kafka error on {self._topic}: {err.str()}")
-                log.warning("Kafka error on %s[%d]: %s", self._topic, self._partition, err.str())
-                continue
-            values.append(msg.value())
-            keys.append(msg.key())
-            offsets.append(msg.offset())
-            ts_type, ts = msg.timestamp()
-            stamps.append(ts if ts_type else NO_TIMESTAMP)
+        if any([msg.error() is not None for msg in msgs]):
+            self._fill_checking(batch, msgs)
+        else:
+            # The usual case, one pass per field: a third of the per-message Python work.
+            batch.values = [msg.value() for msg in msgs]
+            batch.keys = [msg.key() for msg in msgs]
+            batch.offsets = [msg.offset() for msg in msgs]
+            batch.timestamps = [ts if kind else NO_TIMESTAMP for kind, ts in map(_stamp, msgs)]
+        offsets = batch.offsets
         metrics.polled(len(offsets))
         if not offsets:
             return []
@@ -196,6 +190,25 @@ class _KafkaPartition(StatefulSourcePartition):
         if high >= 0:
             self._lag_gauge.set(max(high - self._next_offset, 0))
         return [batch]
+
+    def _fill_checking(self, batch: MessageBatch, msgs: list) -> None:
+        """Messages mixed with errors (end of partition, broker trouble)."""
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    self._eof = self._stop_at_end
+                    continue
+                metrics.KAFKA_ERRORS.labels(err.name()).inc()
+                if err.fatal():
+                    raise RuntimeError(f"fatal Kafka error on {self._topic}: {err.str()}")
+                log.warning("Kafka error on %s[%d]: %s", self._topic, self._partition, err.str())
+                continue
+            batch.values.append(msg.value())
+            batch.keys.append(msg.key())
+            batch.offsets.append(msg.offset())
+            ts_type, ts = msg.timestamp()
+            batch.timestamps.append(ts if ts_type else NO_TIMESTAMP)
 
     def next_awake(self) -> datetime | None:
         return self._awake

@@ -17,6 +17,9 @@ use pyo3::types::{PyBytes, PyDate, PyDict, PyList, PyString, PyTuple};
 use rustc_hash::FxHashMap;
 
 use dates::Date;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use rules::{CaseMap, Outcome, Written};
 
 /// Version of the compiled flattener, so Python can check it loaded the build it expects.

@@ -51,13 +51,21 @@ struct Batch {
     timestamps: Vec<Option<i64>>,
 }
 
+/// Bytes of all values, so that the copy is one allocation and no reallocation.
+fn total_len(values: &Bound<'_, PyList>) -> usize {
+    values
+        .iter()
+        .filter_map(|v| v.cast::<PyBytes>().ok().map(|b| b.as_bytes().len()))
+        .sum()
+}
+
 impl Batch {
     fn copy(values: &Bound<'_, PyList>, timestamps: Vec<i64>) -> PyResult<Batch> {
         if timestamps.len() != values.len() {
             return Err(PyValueError::new_err("one timestamp per value"));
         }
         let mut batch = Batch {
-            data: Vec::new(),
+            data: Vec::with_capacity(total_len(values)),
             ends: Vec::with_capacity(values.len()),
             timestamps: timestamps
                 .into_iter()

@@ -1,7 +1,7 @@
 //! A flattened outcome as the values of one prepared statement, owned so that it can outlive
 //! the consumed batch while the request is in flight.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use scylla::serialize::row::{RowSerializationContext, SerializeRow};
 use scylla::serialize::writers::RowWriter;
@@ -22,7 +22,7 @@ pub struct InsertValues {
     pub program_externalid: Option<String>,
     pub program_name: Option<String>,
     pub pii_consent_required: bool,
-    pub user_locations: MaybeUnset<HashMap<String, String>>,
+    pub user_locations: MaybeUnset<BTreeMap<String, String>>,
     pub organisation_id: MaybeUnset<Option<String>>,
     pub organisation_name: MaybeUnset<Option<String>>,
     pub user_type: MaybeUnset<Option<String>>,
