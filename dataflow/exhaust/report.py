@@ -14,11 +14,14 @@ import datetime as dt
 import heapq
 import os
 import pickle
+import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from operator import itemgetter
 from pathlib import Path
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from dataflow.exhaust import crypto
@@ -35,8 +38,16 @@ SORT_ROWS = 200_000  # default of PUI_REPORT_SORT_ROWS
 FAN_IN = 32
 # user ids -> (firstname, lastname, encrypted email, encrypted phone) of those in the cache
 PiiLookup = Callable[[list[str]], dict[str, tuple]]
-# user ids -> the consent of each user who has one
-ConsentLookup = Callable[[list[str]], dict[str, Consent]]
+
+
+class Consents(Protocol):
+    """Consents asked for user by user (``sources.ConsentReader``)."""
+
+    def ask(self, user_id: str) -> None: ...
+
+    def answers(self) -> dict[str, Consent]:
+        """The consent of each user asked for since the last call who has one."""
+        ...
 
 
 @dataclass
@@ -100,27 +111,30 @@ def safe_cell(value: str) -> str:
     return "'" + value if value.startswith(FORMULA_STARTS) else value
 
 
-def personal_cells(items: list[tuple], lookup: PiiLookup, salt: str, tally) -> list[list[str]]:
-    """The PII_FIELDS cells of each item, in PII_FIELDS order, counting into ``tally``.
+def consenting(items: list[tuple]) -> list[str]:
+    """The user ids of the items whose PII the report shows: the user cache is asked for
+    these only."""
+    return [item[USER] for item in items if item[ACTIVE]]
 
-    The user cache is asked for the consenting users of these items only, and every email
-    and phone among them is decrypted in one batch: per-value decryption cost three cipher
-    calls each and was most of a PII report's CSV time.
+
+def personal_cells(items: list[tuple], pii: dict[str, tuple], salt: str, tally) -> list[list[str]]:
+    """The PII_FIELDS cells of each item, in PII_FIELDS order, counting into ``tally``;
+    ``pii`` holds the cached PII of (at least) the items' consenting users.
+
+    Every email and phone among them is decrypted in one batch: per-value decryption cost
+    three cipher calls each and was most of a PII report's CSV time.
     """
     cells = []
-    consenting: list[tuple[list[str], str]] = []  # (cells of a row, user id)
+    encrypted: list[tuple[list[str], int, str]] = []  # (cells of a row, slot, ciphertext)
     for item in items:
         # username, phone, email, consentflag, consentprovideddate
         row = ["", "", "", "No", item[DAY]]
-        if item[ACTIVE]:
-            row[3] = "Yes"
-            consenting.append((row, item[USER]))
         cells.append(row)
-    tally.consenting += len(consenting)
-    pii = lookup([uid for _, uid in consenting]) if consenting else {}
-    encrypted: list[tuple[list[str], int, str]] = []  # (cells of a row, slot, ciphertext)
-    for row, uid in consenting:
-        cached = pii.get(uid)
+        if not item[ACTIVE]:
+            continue
+        row[3] = "Yes"
+        tally.consenting += 1
+        cached = pii.get(item[USER])
         if cached is None:
             tally.missing_in_cache += 1
             continue
@@ -158,7 +172,7 @@ class Report:
         self,
         layout: Layout,
         *,
-        consents: ConsentLookup,
+        consents: Consents,
         lookup: PiiLookup,
         salt: str,
         counts: Counts,
@@ -210,10 +224,14 @@ class Report:
         locations = row.get("user_locations") or {}
         values = [row.get(name) for name in SHARED_COLUMNS]
         values += [locations.get(key) for key in self.layout.location_keys]
+        needs = row.get("pii_consent_required") is True
+        uid = row["user_id"]
+        if needs:
+            self.consents.ask(uid)  # read while the rest of the batch arrives
         self._batch.append(
             (
-                row.get("pii_consent_required") is True,
-                row["user_id"],
+                needs,
+                uid,
                 *[texts.setdefault(v, v) if type(v) is str else share(v) for v in values],
             )
         )
@@ -231,11 +249,10 @@ class Report:
         them), sorted."""
         items, self._batch = self._batch, []
         self.rows += len(items)
-        needing = [item[1] for item in items if item[0]]
-        self.counts.needing_consent += len(needing)
+        needing = sum(1 for item in items if item[0])
+        self.counts.needing_consent += needing
         self.any_consent_needed |= bool(needing)
-        found = self.consents(needing) if needing else {}
-        del needing
+        found = self.consents.answers() if needing else {}
         days: dict = {}
         # In place: a batch's rows are never held twice.
         for n, item in enumerate(items):
@@ -250,13 +267,24 @@ class Report:
                 items[n] = (consent.active, day, *item[1:])
         del found
         if self.person_sort:
-            people = personal_cells(items, self.lookup, self.salt, self.counts)
+            people = personal_cells(items, self._pii(consenting(items)), self.salt, self.counts)
             items = [(*item, cells) for item, cells in zip(items, people, strict=True)]
             del people
         items.sort(key=self.key)
         # Texts shared within a batch only: the table of them must not grow with the report.
         self._texts = {}
         return items
+
+    def _pii(self, user_ids: list[str]) -> dict[str, tuple]:
+        began = time.monotonic()
+        try:
+            return self.lookup(user_ids) if user_ids else {}
+        finally:
+            self._waited(began)
+
+    def _waited(self, began: float) -> None:
+        seconds = self.counts.seconds
+        seconds["user cache"] = seconds.get("user cache", 0.0) + time.monotonic() - began
 
     def _spill(self, items: Iterable[tuple]) -> Path:
         path = self.folder / f"run-{self._made:06d}"
@@ -294,6 +322,27 @@ class Report:
             self._spill(heapq.merge(*map(self._read, group), key=self.key))
             runs.append(self.runs.pop())
         return heapq.merge(*map(self._read, runs), key=self.key)
+
+    def _with_pii(self, chunks: Iterator[list[tuple]]) -> Iterator[tuple[list[tuple], dict]]:
+        """Each chunk with the cached PII of its consenting users. The next chunk's PII is
+        read by a second thread while this one is decrypted and written: the client waits
+        on Redis for the reply, Redis works on another core, so the two overlap."""
+        with ThreadPoolExecutor(1, thread_name_prefix="pui-user-cache") as pool:
+
+            def ask(chunk: list[tuple]):
+                user_ids = consenting(chunk)
+                return pool.submit(self.lookup, user_ids) if user_ids else None
+
+            chunk = next(chunks, None)
+            asked = ask(chunk) if chunk else None
+            while chunk is not None:
+                began = time.monotonic()
+                pii = asked.result() if asked is not None else {}
+                self._waited(began)
+                following = next(chunks, None)
+                asked = ask(following) if following is not None else None
+                yield chunk, pii
+                chunk = following
 
     def write(self, path: Path, progress=None) -> None:
         """Write the sorted CSV, CHUNK rows at a time: each chunk's PII is fetched from the
@@ -337,15 +386,19 @@ class Report:
         with open(fd, "w", encoding="utf-8", newline="") as out:
             writer = csv.writer(out, lineterminator="\r\n")
             writer.writerow([safe_cell(label) for label, _ in layout.columns])
-            for chunk in batches(self.ordered(), CHUNK):
-                if self.person_sort:
-                    people = [item[-1] for item in chunk]
-                else:
-                    people = personal_cells(chunk, self.lookup, self.salt, self.counts)
-                writer.writerows(
-                    line(item, person) for item, person in zip(chunk, people, strict=True)
-                )
-                written += len(chunk)
-                if progress is not None:
-                    progress(written)
+            if self.person_sort:
+                for chunk in batches(self.ordered(), CHUNK):
+                    writer.writerows(line(item, item[-1]) for item in chunk)
+                    written += len(chunk)
+                    if progress is not None:
+                        progress(written)
+            else:
+                for chunk, pii in self._with_pii(batches(self.ordered(), CHUNK)):
+                    people = personal_cells(chunk, pii, self.salt, self.counts)
+                    writer.writerows(
+                        line(item, person) for item, person in zip(chunk, people, strict=True)
+                    )
+                    written += len(chunk)
+                    if progress is not None:
+                        progress(written)
         self.counts.rows = self.rows

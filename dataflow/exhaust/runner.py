@@ -85,6 +85,7 @@ class Worker:
         self.cache = redis.Redis.from_url(
             self.settings.redis_url, socket_timeout=30, socket_connect_timeout=10
         )
+        self.user_cache = sources.UserCache(self.cache)
         self.store = storage.open_store(self.settings.storage, self.settings.report_store)
 
     # --- connections -----------------------------------------------------------------
@@ -247,38 +248,39 @@ class Worker:
             counts.seconds[phase] = now - clock
             clock = now
 
-        # Consents are read batch by batch while the partition is read, and the user cache
-        # chunk by chunk while the CSV is written (or per batch when the sort needs PII);
-        # their times are reported apart from the phases they happen in.
+        # Consents are read while the partition is read, and the user cache chunk by chunk
+        # while the CSV is written (or per batch when the sort needs PII); the time spent
+        # waiting for them is reported apart from the phases they happen in.
         counts.seconds.update({"enrolments": 0.0, "consents": 0.0, "user cache": 0.0})
 
-        def consents_of(user_ids: list[str]):
-            began = time.monotonic()
-            try:
-                return sources.consents(
-                    self.cassandra(), s.user_keyspace, request.program_id, user_ids, request.consent
-                )
-            finally:
-                counts.seconds["consents"] += time.monotonic() - began
-
-        def lookup(user_ids: list[str]) -> dict[str, tuple]:
-            began = time.monotonic()
-            try:
-                return self.read_cache(user_ids)
-            finally:
-                counts.seconds["user cache"] += time.monotonic() - began
-
-        rows = Report(
-            self.layout,
-            consents=consents_of,
-            lookup=lookup,
-            salt=s.salt,
-            counts=counts,
-            folder=work,
-            limit=s.sort_rows,
-        )
         try:
             session = self.cassandra()
+            reader = sources.ConsentReader(
+                session, s.user_keyspace, request.program_id, request.consent
+            )
+
+            class Timed:
+                """The wait for consents not yet answered is the consents phase's time."""
+
+                ask = reader.ask
+
+                @staticmethod
+                def answers():
+                    began = time.monotonic()
+                    try:
+                        return reader.answers()
+                    finally:
+                        counts.seconds["consents"] += time.monotonic() - began
+
+            rows = Report(
+                self.layout,
+                consents=Timed(),
+                lookup=self.read_cache,
+                salt=s.salt,
+                counts=counts,
+                folder=work,
+                limit=s.sort_rows,
+            )
             with young_collections_only():
                 for row in sources.enrolments(
                     session,
@@ -365,7 +367,7 @@ class Worker:
         attempt = 0
         while True:
             try:
-                return sources.pii(self.cache, user_ids)
+                return self.user_cache.pii(user_ids)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 attempt += 1
                 left = deadline - time.monotonic()

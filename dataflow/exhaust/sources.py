@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import queue
+import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
 from itertools import pairwise
 from typing import NamedTuple
 
+import redis
 from cassandra.cluster import ExecutionProfile
 from cassandra.concurrent import execute_concurrent_with_args
 from cassandra.query import tuple_factory
@@ -177,21 +180,178 @@ def consents(
     return found
 
 
+class ConsentReader:
+    """The consents of users asked for one at a time, read while the caller goes on.
+
+    ``consents`` waited for all of a report's lookups after the partition was read, though
+    the client was busy only a fifth of that time; here the lookups of a batch are sent as
+    its rows arrive (USERS_PER_QUERY users per query, CONCURRENCY queries in flight), so
+    Cassandra answers them while the client decodes the partition. ``answers`` waits for
+    everything asked so far and hands it over: what is held is bounded by what was asked
+    since the last call.
+    """
+
+    def __init__(self, session, user_keyspace: str, program_id: str, predicates: list[Predicate]):
+        check_identifier(user_keyspace, "PUI_USER_KEYSPACE")
+        # Only the columns used: decoding rows is most of the client's time here.
+        self.fields = CONSENT_FIELDS + tuple(
+            dict.fromkeys(p.column for p in predicates if p.column not in CONSENT_FIELDS)
+        )
+        self.session = session
+        self.program_id = program_id
+        self.predicates = predicates
+        self.stmt = session.prepare(
+            f"SELECT {', '.join(self.fields)} FROM {user_keyspace}.user_consent WHERE user_id IN ?"
+        )
+        self.stmt.fetch_size = PAGE
+        self._group: list[str] = []
+        self._waiting: deque[list[str]] = deque()
+        self._in_flight = 0
+        self._found: dict[str, Consent] = {}
+        self._error: BaseException | None = None
+        self._idle = threading.Condition()
+
+    def ask(self, user_id: str) -> None:
+        self._group.append(user_id)
+        if len(self._group) == USERS_PER_QUERY:
+            self._send(self._group)
+            self._group = []
+
+    def answers(self) -> dict[str, Consent]:
+        """user_id -> the consent for this program (the most recently updated row) of every
+        user asked since the last call who has one."""
+        if self._group:
+            self._send(self._group)
+            self._group = []
+        with self._idle:
+            while self._in_flight:
+                self._idle.wait()
+            found, self._found = self._found, {}
+            error, self._error = self._error, None
+        if error is not None:
+            raise error
+        return found
+
+    def _send(self, group: list[str]) -> None:
+        with self._idle:
+            if self._in_flight >= CONCURRENCY:
+                self._waiting.append(group)
+                return
+            self._in_flight += 1
+        self._start(group)
+
+    def _start(self, group: list[str]) -> None:
+        try:
+            future = self.session.execute_async(self.stmt, (group,), execution_profile=TUPLES)
+        except Exception as exc:  # the driver refused at once (e.g. shut down)
+            self._failed(exc)
+            return
+        future.add_callbacks(self._page, self._failed, callback_args=(future,))
+
+    def _page(self, rows, future) -> None:
+        # Runs on the driver's event-loop thread.
+        try:
+            program_id, predicates, fields = self.program_id, self.predicates, self.fields
+            found = []
+            for row in rows:
+                consent = dict(zip(fields, row, strict=True))
+                if consent["object_id"] != program_id:
+                    continue
+                if not all(p.test(consent) for p in predicates):
+                    continue
+                found.append(consent)
+            with self._idle:
+                for consent in found:
+                    uid = consent["user_id"]
+                    prev = self._found.get(uid)
+                    when = consent["last_updated_on"]
+                    if prev is None or _when(when) > _when(prev.last_updated_on):
+                        active = (consent["status"] or "").lower() == "active"
+                        self._found[uid] = Consent(active, when)
+            if future.has_more_pages:
+                future.start_fetching_next_page()
+                return
+        except Exception as exc:
+            self._failed(exc)
+            return
+        self._next()
+
+    def _failed(self, exc: BaseException) -> None:
+        with self._idle:
+            if self._error is None:
+                self._error = exc
+        self._next()
+
+    def _next(self) -> None:
+        with self._idle:
+            if self._error is not None:
+                self._waiting.clear()  # the report fails: what is left need not be read
+            if self._waiting:
+                group = self._waiting.popleft()
+            else:
+                self._in_flight -= 1
+                self._idle.notify_all()
+                return
+        self._start(group)
+
+
+# One round trip and one command per REDIS_CHUNK users: a pipeline of one HMGET per user
+# cost the client 12 µs of packing per user, the script 5 µs, and the client's core is the
+# one a report is short of. Keys are never built from input: they are the given user ids.
+HMGET_ALL = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = redis.call('HMGET', key, unpack(ARGV))
+end
+return out
+"""
+
+
+class UserCache:
+    """PII of users from the Redis user cache (Sunbird's ``user:<id>`` hashes)."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+        self.script = client.register_script(HMGET_ALL)
+        # A Redis that refuses scripts (EVAL disabled or not granted) is read by pipeline.
+        self.scripted = True
+
+    def pii(self, user_ids: list[str]) -> dict[str, tuple]:
+        """user_id -> (firstname, lastname, email, phone) as stored (email and phone
+        encrypted); users missing from the cache are absent."""
+        out: dict[str, tuple] = {}
+        for i in range(0, len(user_ids), REDIS_CHUNK):
+            chunk = user_ids[i : i + REDIS_CHUNK]
+            keys = [f"user:{uid}" for uid in chunk]
+            replies = None
+            if self.scripted:
+                try:
+                    replies = self.script(keys=keys, args=PII_FIELDS)
+                except redis.ResponseError as exc:
+                    if not _refused_script(exc):
+                        raise
+                    self.scripted = False
+            if replies is None:
+                pipe = self.client.pipeline(transaction=False)
+                for key in keys:
+                    pipe.hmget(key, *PII_FIELDS)
+                replies = pipe.execute()
+            for uid, values in zip(chunk, replies, strict=True):
+                if any(v is not None for v in values):
+                    out[uid] = tuple(
+                        v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in values
+                    )
+        return out
+
+
+def _refused_script(exc: redis.ResponseError) -> bool:
+    text = str(exc).lower()
+    return any(word in text for word in ("unknown command", "noperm", "no permissions", "disabled"))
+
+
 def pii(client, user_ids: list[str]) -> dict[str, tuple]:
-    """user_id -> (firstname, lastname, email, phone) as stored (email and phone encrypted);
-    users missing from the cache are absent."""
-    out: dict[str, tuple] = {}
-    for i in range(0, len(user_ids), REDIS_CHUNK):
-        chunk = user_ids[i : i + REDIS_CHUNK]
-        pipe = client.pipeline(transaction=False)
-        for uid in chunk:
-            pipe.hmget(f"user:{uid}", *PII_FIELDS)
-        for uid, values in zip(chunk, pipe.execute(), strict=True):
-            if any(v is not None for v in values):
-                out[uid] = tuple(
-                    v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in values
-                )
-    return out
+    """``UserCache(client).pii(user_ids)``."""
+    return UserCache(client).pii(user_ids)
 
 
 def add_tuple_profile(cluster, consistency: int) -> None:
