@@ -26,8 +26,8 @@ from pathlib import Path
 
 import psycopg
 import redis
-from cassandra.concurrent import execute_concurrent, execute_concurrent_with_args
-from cassandra.query import BatchStatement, BatchType
+from cassandra.concurrent import execute_concurrent
+from cassandra.query import BatchStatement, BatchType, SimpleStatement
 from Cryptodome.Cipher import AES
 from Cryptodome.Util.Padding import pad
 
@@ -51,8 +51,19 @@ def say(msg: str) -> None:
     print(f"[exhaust-bench] {msg}", file=sys.stderr, flush=True)
 
 
-def load(session, ks: str, uks: str, cache, users: int, pii_program: str, plain_program: str):
-    rng = random.Random(1)
+def load(
+    session,
+    ks: str,
+    uks: str,
+    cache,
+    users: int,
+    pii_program: str,
+    plain_program: str,
+    start: int = 0,
+):
+    """``users`` users numbered from ``start``: a later call with a later start adds users
+    to the same programs (other random ids)."""
+    rng = random.Random(1 + start)
     insert = session.prepare(
         f"INSERT INTO {ks}.program_enrollment (program_id, user_id, program_externalid, "
         "program_name, pii_consent_required, user_locations, organisation_id, "
@@ -70,7 +81,8 @@ def load(session, ks: str, uks: str, cache, users: int, pii_program: str, plain_
     districts = [f"District {i:02d}" for i in range(30)]
     consents = []
     cached: list[tuple[str, int]] = []
-    for n in range(users):
+    last = start + users - 1
+    for n in range(start, start + users):
         uid = str(uuid.UUID(int=rng.getrandbits(128)))
         district = rng.choice(districts)
         locs = {
@@ -106,11 +118,11 @@ def load(session, ks: str, uks: str, cache, users: int, pii_program: str, plain_
             consents.append((uid, "c1", pii_program, status, dt.datetime(2023, 5, 1)))
             if status == "ACTIVE":
                 cached.append((uid, n))
-        if len(consents) >= 40_000 or n == users - 1:
+        if len(consents) >= 40_000 or n == last:
             for rows in (pii_rows, plain_rows):
                 write_batches(session, insert, rows)
                 rows.clear()
-            write(session, consent, consents)
+            write_batches(session, consent, consents, size=10)
             consents = []
             cache_users(cache, cached)
             cached = []
@@ -144,26 +156,26 @@ def cache_users(cache, cached: list[tuple[str, int]]) -> None:
 
 
 def write_batches(session, stmt, rows, size: int = 100) -> None:
-    """Rows of one partition, in unlogged batches of ``size``."""
+    """Rows in unlogged batches of ``size``: rows of one partition, or (consents) of at most
+    10 partitions, Cassandra's threshold for a warning about multi-partition batches."""
     batches = []
     for i in range(0, len(rows), size):
         batch = BatchStatement(batch_type=BatchType.UNLOGGED)
         for row in rows[i : i + size]:
             batch.add(stmt, row)
         batches.append(batch)
-    for ok, result in execute_concurrent(
-        session, [(b, ()) for b in batches], concurrency=16, raise_on_first_error=False
-    ):
-        if not ok:
-            raise RuntimeError(result)
-
-
-def write(session, stmt, rows) -> None:
-    for ok, result in execute_concurrent_with_args(
-        session, stmt, rows, concurrency=128, raise_on_first_error=False
-    ):
-        if not ok:
-            raise RuntimeError(result)
+    # Few at once: concurrent writes to one partition contend in Cassandra's memtable (16
+    # at once timed out). A timed-out batch is written again (the same values).
+    for _attempt in range(5):
+        results = execute_concurrent(
+            session, [(b, ()) for b in batches], concurrency=4, raise_on_first_error=False
+        )
+        failed = [b for b, (ok, _) in zip(batches, results, strict=True) if not ok]
+        if not failed:
+            return
+        say(f"{len(failed)} batches timed out; writing them again")
+        batches = failed
+    raise RuntimeError("batches kept timing out")
 
 
 def report(env: dict, rid: str) -> tuple[float, float, str, str]:
@@ -193,6 +205,43 @@ def report(env: dict, rid: str) -> tuple[float, float, str, str]:
     )
 
 
+def side_by_side(env: dict, pg, pid: str, workers: int) -> None:
+    """``workers`` worker processes started at once on as many requests for ``pid``: each
+    claims its own (requests with different keys are not identical, so not merged)."""
+    rids = [f"{pid}-w{n}-{time.time_ns()}" for n in range(workers)]
+    for n, rid in enumerate(rids):
+        requests.submit(pg, rid, request_data(pid, []), f"pw{n}", "bench")
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "dataflow.exhaust", "run", "--once", "--no-progress"],
+            env=env,
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(workers)
+    ]
+    ended = [0.0] * workers
+    peaks = [0.0] * workers
+    while not all(ended):
+        for n, proc in enumerate(procs):
+            if not ended[n]:
+                peaks[n] = max(peaks[n], hwm_mib(proc.pid))
+                if proc.poll() is not None:
+                    ended[n] = time.perf_counter() - start
+        time.sleep(0.1)
+    print("\n| worker | requests it served | wall s | peak RSS MiB |\n|---|---|---|---|")
+    for n, proc in enumerate(procs):
+        err = proc.stderr.read()
+        served = re.findall(r"request (\S+): SUCCESS in ([\d.]+) s", err)
+        if proc.returncode != 0 or not served:
+            raise SystemExit(f"worker {n} failed:\n{err[-2000:]}")
+        shown = ", ".join(f"{rid} ({secs} s)" for rid, secs in served)
+        print(f"| {n + 1} | {shown} | {ended[n]:.1f} | {peaks[n]:.0f} |", flush=True)
+    print(f"\n{workers} requests by {workers} workers side by side: {max(ended):.1f} s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--users", type=int, default=100_000)
@@ -207,6 +256,19 @@ def main() -> int:
         help="PUI_REPORT_SORT_ROWS of the reports, repeatable ('default': not set)",
     )
     parser.add_argument("--runs", type=int, default=1, help="times each report is made")
+    parser.add_argument(
+        "--grow",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --reuse: first add N users to the programs given by --programs",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="then time this many workers side by side on as many requests (first program)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
     parser.add_argument(
         "--reuse",
@@ -231,43 +293,63 @@ def main() -> int:
     settings = config.load(env)
     cluster, session = connect(settings, wait=60)
     cache = redis.Redis.from_url(env["PUI_REDIS_URL"])
-    if args.reuse:
-        users = session.execute(
-            f"SELECT count(*) FROM {ks}.program_enrollment WHERE program_id = 'pii-program'",
-            timeout=120,
-        ).one()[0]
-        say(f"reusing {name}: {users:,} users per program")
-    else:
-        users = args.users
-        session.execute(schema.keyspace_ddl(ks))
-        session.execute(schema.program_enrollment_ddl(ks))
-        session.execute(schema.keyspace_ddl(uks))
-        session.execute(CONSENT_DDL.format(ks=uks))
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/pui", autocommit=True) as conn:
-            conn.execute(f"CREATE SCHEMA {name}")
-        say(f"loading {users:,} users into two programs")
-        started = time.perf_counter()
-        programs = args.programs.split(",")
-        load(
-            session,
-            ks,
-            uks,
-            cache,
-            users,
-            "pii-program" if "pii-program" in programs else "",
-            "plain-program" if "plain-program" in programs else "",
-        )
-        say(f"loaded in {time.perf_counter() - started:.0f} s")
-    pg = requests.connect(dsn, 60)
-    requests.init_db(pg)
-    print(
-        "| program | users | PUI_REPORT_SORT_ROWS | wall s | peak RSS MiB | sorted | phases |\n"
-        "|---|---|---|---|---|---|---|"
-    )
+    programs = args.programs.split(",")
+    pg = None
     try:
+        if args.reuse:
+            # Counted by paging through the partition: count(*) of 1M rows times out.
+            stmt = SimpleStatement(
+                f"SELECT user_id FROM {ks}.program_enrollment WHERE program_id = %s",
+                fetch_size=5000,
+            )
+            users = sum(1 for _ in session.execute(stmt, (programs[0],), timeout=120))
+            say(f"reusing {name}: {users:,} users in {programs[0]}")
+            if args.grow:
+                say(f"adding {args.grow:,} users to {args.programs}")
+                started = time.perf_counter()
+                load(
+                    session,
+                    ks,
+                    uks,
+                    cache,
+                    args.grow,
+                    "pii-program" if "pii-program" in programs else "",
+                    "plain-program" if "plain-program" in programs else "",
+                    start=users,
+                )
+                say(f"added in {time.perf_counter() - started:.0f} s")
+                users += args.grow
+        else:
+            users = args.users
+            with psycopg.connect(
+                "postgresql://postgres@127.0.0.1:5432/pui", autocommit=True
+            ) as conn:
+                conn.execute(f"CREATE SCHEMA {name}")
+            session.execute(schema.keyspace_ddl(ks))
+            session.execute(schema.program_enrollment_ddl(ks))
+            session.execute(schema.keyspace_ddl(uks))
+            session.execute(CONSENT_DDL.format(ks=uks))
+            say(f"loading {users:,} users into {args.programs}")
+            started = time.perf_counter()
+            load(
+                session,
+                ks,
+                uks,
+                cache,
+                users,
+                "pii-program" if "pii-program" in programs else "",
+                "plain-program" if "plain-program" in programs else "",
+            )
+            say(f"loaded in {time.perf_counter() - started:.0f} s")
+        pg = requests.connect(dsn, 60)
+        requests.init_db(pg)
+        print(
+            "| program | users | PUI_REPORT_SORT_ROWS | wall s | peak RSS MiB | sorted | phases |"
+            "\n|---|---|---|---|---|---|---|"
+        )
         for _ in range(args.runs):
             for limit in args.sort_rows or ["default"]:
-                for pid in args.programs.split(","):
+                for pid in programs:
                     rid = f"{pid}-{time.time_ns()}"
                     requests.submit(pg, rid, request_data(pid, []), "pw", "bench")
                     run_env = dict(env)
@@ -279,16 +361,20 @@ def main() -> int:
                         f"| {phases} |",
                         flush=True,
                     )
+        if args.workers:
+            side_by_side(env, pg, programs[0], args.workers)
     finally:
-        pg.close()
+        if pg is not None:
+            pg.close()
         if keep:
             say(f"data kept; time again with --reuse {name}")
         else:
+            say("dropping the generated data")
             session.execute(f"DROP KEYSPACE IF EXISTS {ks}", timeout=120)
             session.execute(f"DROP KEYSPACE IF EXISTS {uks}", timeout=120)
             cache.flushdb()
             with psycopg.connect("postgresql://postgres@127.0.0.1:5432/pui") as conn:
-                conn.execute(f"DROP SCHEMA {name} CASCADE")
+                conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
         cluster.shutdown()
     return 0
 
