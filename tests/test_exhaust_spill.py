@@ -234,3 +234,43 @@ def test_a_failed_spilled_report_leaves_no_file(make_world, failure):
     assert leftovers(w) == []
     assert not list(w.store.rglob("*.zip"))
     assert not list(Path(w.store).glob(".building-*"))
+
+
+# --- the user cache, read by script or by pipeline -------------------------------------------
+
+
+def test_user_cache_by_script_and_by_pipeline_when_scripts_are_refused(redis_url, unique_name):
+    """A Redis whose ACL refuses scripts is read by pipeline, with the same answers."""
+    import redis
+
+    from dataflow.exhaust import sources
+
+    admin = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/5")
+    users = [f"{unique_name}-{n}" for n in range(2500)]  # three script calls of 1,000
+    pipe = admin.pipeline(transaction=False)
+    for n, uid in enumerate(users):
+        if n % 3:
+            pipe.hset(f"user:{uid}", mapping={"firstname": f"F{n}", "email": "e", "phone": "p"})
+    pipe.execute()
+    account, password = f"pui-noscript-{unique_name}", "test-only-password"
+    admin.execute_command(
+        "ACL", "SETUSER", account, "on", f">{password}", "~user:*", "+@all", "-@scripting"
+    )
+    refused = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/5", username=account,
+                                   password=password)  # fmt: skip
+    try:
+        by_script = sources.UserCache(admin)
+        got = by_script.pii(users)
+        assert by_script.scripted
+        expected = {uid: (f"F{n}", None, "e", "p") for n, uid in enumerate(users) if n % 3}
+        assert got == expected
+        by_pipeline = sources.UserCache(refused)
+        assert by_pipeline.pii(users) == expected
+        assert not by_pipeline.scripted  # refused once, then read by pipeline
+        with pytest.raises(redis.ResponseError, match=r"(?i)noperm|permission"):
+            refused.eval("return 1", 0)
+    finally:
+        refused.close()
+        admin.execute_command("ACL", "DELUSER", account)
+        admin.delete(*[f"user:{uid}" for uid in users])
+        admin.close()
