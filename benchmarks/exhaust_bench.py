@@ -164,11 +164,12 @@ def write_batches(session, stmt, rows, size: int = 100) -> None:
         for row in rows[i : i + size]:
             batch.add(stmt, row)
         batches.append(batch)
-    # Few at once: concurrent writes to one partition contend in Cassandra's memtable (16
-    # at once timed out). A timed-out batch is written again (the same values).
+    # Few at once into one partition: concurrent writes to it contend in Cassandra's memtable
+    # (16 at once timed out). A timed-out batch is written again (the same values).
+    concurrency = 4 if size > 10 else 12
     for _attempt in range(5):
         results = execute_concurrent(
-            session, [(b, ()) for b in batches], concurrency=4, raise_on_first_error=False
+            session, [(b, ()) for b in batches], concurrency=concurrency, raise_on_first_error=False
         )
         failed = [b for b, (ok, _) in zip(batches, results, strict=True) if not ok]
         if not failed:

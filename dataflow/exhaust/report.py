@@ -190,8 +190,9 @@ class Report:
         self._held: list[tuple] = []  # the sorted rows, when they fit in one batch
         self._texts: dict[str, str] = {}
         self._made = 0
-        # Rows are pickled in blocks: the merge holds one block per run it reads.
-        self._block = max(1, min(2000, limit // (2 * FAN_IN)))
+        # Rows are pickled in blocks: the merge holds one block per run it reads, so small
+        # blocks keep a merge of many runs (a larger report) from holding more.
+        self._block = max(1, min(500, limit // (2 * FAN_IN)))
         self.at_row = {name: n + USER for n, name in enumerate(self.fields)}
         self.person_sort = not all(f in self.at_row for f in layout.sort)
         if not self.person_sort:
