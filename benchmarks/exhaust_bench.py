@@ -18,6 +18,7 @@ import datetime as dt
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -376,6 +377,7 @@ def main() -> int:
             cache.flushdb()
             with psycopg.connect("postgresql://postgres@127.0.0.1:5432/pui") as conn:
                 conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+            shutil.rmtree(env["PUI_REPORT_STORE"], ignore_errors=True)
         cluster.shutdown()
     return 0
 
