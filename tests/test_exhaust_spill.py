@@ -274,3 +274,21 @@ def test_user_cache_by_script_and_by_pipeline_when_scripts_are_refused(redis_url
         admin.execute_command("ACL", "DELUSER", account)
         admin.delete(*[f"user:{uid}" for uid in users])
         admin.close()
+
+
+def test_report_reads_are_routed_like_the_connection(make_world):
+    """The exhaust's row profile keeps the token-aware policy in the configured local DC
+    (the driver's default policy for a new profile knows no local DC)."""
+    from dataflow.exhaust import sources
+
+    w = make_world(PUI_CASSANDRA_LOCAL_DC="datacenter1")  # the local server's DC
+    reader = worker(w)
+    try:
+        reader.cassandra()
+        profiles = reader.cluster.profile_manager
+        policy = profiles.profiles[sources.TUPLES].load_balancing_policy
+        assert policy is profiles.default.load_balancing_policy
+        assert type(policy).__name__ == "TokenAwarePolicy"
+        assert policy._child_policy.local_dc == "datacenter1"
+    finally:
+        reader.close()

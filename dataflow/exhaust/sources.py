@@ -355,7 +355,16 @@ def pii(client, user_ids: list[str]) -> dict[str, tuple]:
 
 
 def add_tuple_profile(cluster, consistency: int) -> None:
-    """Rows as plain tuples: a report reads up to millions of them."""
+    """Rows as plain tuples: a report reads up to millions of them. Routed like the
+    connection's own profile (token-aware, in PUI_CASSANDRA_LOCAL_DC): a profile without a
+    policy got the driver's default, which ignores the configured local data centre."""
+    base = cluster.profile_manager.default
     cluster.add_execution_profile(
-        TUPLES, ExecutionProfile(row_factory=tuple_factory, consistency_level=consistency)
+        TUPLES,
+        ExecutionProfile(
+            load_balancing_policy=base.load_balancing_policy,
+            request_timeout=base.request_timeout,
+            row_factory=tuple_factory,
+            consistency_level=consistency,
+        ),
     )
