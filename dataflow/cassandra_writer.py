@@ -23,6 +23,7 @@ from cassandra.query import BatchStatement, BatchType
 
 from dataflow import metrics
 from dataflow.cassandra_session import describe
+from dataflow.engines import WARN_EVERY_S
 
 log = logging.getLogger("dataflow.sink")
 
@@ -30,8 +31,6 @@ log = logging.getLogger("dataflow.sink")
 # one request per batch instead of one per row, and well under the 5 KiB warning threshold
 # for typical rows.
 MAX_BATCH_ROWS = 8
-# Transient failures are logged at most this often, with counts, not once per request.
-WARN_EVERY_S = 5.0
 
 
 def is_permanent(exc: BaseException) -> bool:
