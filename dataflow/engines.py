@@ -19,6 +19,7 @@ from typing import Protocol
 
 from dataflow import metrics
 from dataflow.config import ConfigError, Settings
+from dataflow.flatten import resolve_engine
 from dataflow.source import NO_TIMESTAMP, MessageBatch
 from dataflow.write_time import write_timestamp
 
@@ -62,16 +63,9 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-def resolve(requested: str) -> str:
-    """``rust`` or ``python`` for a requested ``auto|rust|python``."""
-    from dataflow.flatten import resolve_engine
-
-    return resolve_engine(requested)
-
-
 def choose(settings: Settings) -> str:
     """The engine the settings ask for and this build and configuration can run."""
-    engine = resolve(settings.engine)
+    engine = resolve_engine(settings.engine)
     if engine == "rust" and settings.cassandra_tls:
         # The extension's driver is built without TLS; cassandra-driver has it.
         if settings.engine == "rust":

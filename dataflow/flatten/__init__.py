@@ -80,10 +80,15 @@ def rust_available() -> bool:
 
 
 def resolve_engine(engine: str | None = None) -> str:
-    """Return ``"rust"`` or ``"python"`` for a requested engine (``PUI_FLATTENER`` by default)."""
-    requested = (engine or os.environ.get("PUI_FLATTENER") or "auto").strip().lower()
+    """Return ``"rust"`` or ``"python"`` for a requested engine (by default ``PUI_ENGINE``, or
+    its old name ``PUI_FLATTENER``)."""
+    requested = (
+        (engine or os.environ.get("PUI_ENGINE") or os.environ.get("PUI_FLATTENER") or "auto")
+        .strip()
+        .lower()
+    )
     if requested not in ENGINES:
-        raise ValueError(f"PUI_FLATTENER must be one of {', '.join(ENGINES)}, not {requested!r}")
+        raise ValueError(f"PUI_ENGINE must be one of {', '.join(ENGINES)}, not {requested!r}")
     if requested == "python":
         return "python"
     if rust_available():
@@ -91,7 +96,7 @@ def resolve_engine(engine: str | None = None) -> str:
     if requested == "rust":
         raise ImportError(
             "the Rust flattener (dataflow.flatten_rs) is not built; run scripts/install "
-            "or set PUI_FLATTENER=python"
+            "or set PUI_ENGINE=python"
         )
     return "python"
 

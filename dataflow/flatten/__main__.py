@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         "--engine",
         choices=("auto", "rust", "python"),
         default=None,
-        help="flattener engine (default: PUI_FLATTENER, else auto)",
+        help="flattener engine (default: PUI_ENGINE, else auto)",
     )
     parser.add_argument(
         "--max-bytes",
