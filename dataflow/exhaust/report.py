@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import gc
 import heapq
 import os
 import pickle
@@ -221,6 +222,10 @@ class Report:
             # Only when a row beyond the limit comes: a report of exactly one batch is not
             # spilled.
             self._spill(self._settle())
+            # The partition is read with only young collections (runner.py): cycles of the
+            # driver's that outlived them would pile up until the read ends, growing with
+            # the report. Collected here, when little is alive, they stay bounded.
+            gc.collect()
         texts, share = self._texts, self._share
         locations = row.get("user_locations") or {}
         values = [row.get(name) for name in SHARED_COLUMNS]
