@@ -197,7 +197,7 @@ def main() -> int:
         table = f"bytewax_{n}"
         run_env = job_env(
             name,
-            PUI_FLATTENER="rust",
+            PUI_ENGINE="rust",
             PUI_CASSANDRA_TABLE=table,
             PUI_GROUP_ID=f"{name}-{table}",
             PUI_STOP_AT_END="true",
