@@ -292,3 +292,21 @@ def test_report_reads_are_routed_like_the_connection(make_world):
         assert policy._child_policy.local_dc == "datacenter1"
     finally:
         reader.close()
+
+
+def test_a_full_collection_follows_each_spilled_batch(tmp_path, monkeypatch):
+    """The partition is read with young collections only; cycles that outlive them must not
+    pile up for the whole read (a 1M report peaked at 510 MiB with 20,000-row batches)."""
+    collected: list[int] = []
+    rows, consents, pii, _ = small_world(60)
+    real = report.Report._spill
+
+    def spill(self, items):
+        collected.append(-1)  # a spill, then (below) the collection that must follow it
+        return real(self, items)
+
+    monkeypatch.setattr(report.Report, "_spill", spill)
+    monkeypatch.setattr(report.gc, "collect", lambda *a: collected.append(1) or 0)
+    write(tmp_path, rows, consents, pii, limit=7)
+    # 9 runs: 8 while reading, each followed by a collection; the last one at the end.
+    assert collected == [-1, 1] * 8 + [-1]
