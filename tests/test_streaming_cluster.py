@@ -96,7 +96,9 @@ def test_killed_process_stops_cluster_and_recovery_completes(
     cluster_job, cassandra_session, tmp_path
 ):
     env, settings = cluster_job
-    values = generate(30000, programs=8, seed=6, size="minimal")
+    # Enough events that the job (about 10,000 a second with the Rust engine) is still
+    # running when the kill comes at 2,000 rows.
+    values = generate(150_000, programs=8, seed=6, size="minimal")
     produce(settings, ((i % PARTITIONS, v, None) for i, v in enumerate(values)))
     recovery = tmp_path / "recovery"
     recovery.mkdir()
