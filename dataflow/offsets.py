@@ -7,6 +7,7 @@ tools and restarts without recovery state (the Sunbird offset-reset runbook keep
 from __future__ import annotations
 
 import logging
+import time
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
@@ -14,6 +15,8 @@ from dataflow import kafka_config
 from dataflow.config import Settings
 
 log = logging.getLogger("dataflow.sink")
+
+FINAL_COMMIT_WAIT_S = 30.0
 
 
 class OffsetCommitter:
@@ -45,10 +48,18 @@ class OffsetCommitter:
         if not self._next:
             return
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._next.items()]
-        try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:
-            log.warning("could not commit the final offsets: %s", exc.args[0])
+        # Right after a broker restart the group coordinator can take seconds to come back:
+        # keep trying for a while rather than leave the group's lag wrong.
+        deadline = time.monotonic() + FINAL_COMMIT_WAIT_S
+        while True:
+            try:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
+                return
+            except KafkaException as exc:
+                if time.monotonic() >= deadline:
+                    log.warning("could not commit the final offsets: %s", exc.args[0])
+                    return
+                time.sleep(1.0)
 
     def close(self) -> None:
         self._consumer.close()
