@@ -124,7 +124,7 @@ NATIVE_CONCURRENCY = (32, 64, 128, 256)
 
 def native_ceilings(settings: config.Settings, events: list[bytes]) -> dict[str, float]:
     """The Rust engine's writer on pre-flattened rows, concurrency swept (a fresh table each)."""
-    from dataflow import flatten_rs
+    from dataflow.flatten import native
 
     cluster, session = connect(settings, wait=60)
     ks = settings.cassandra_keyspace
@@ -133,7 +133,7 @@ def native_ceilings(settings: config.Settings, events: list[bytes]) -> dict[str,
         for n in NATIVE_CONCURRENCY:
             session.execute(f"DROP TABLE IF EXISTS {ks}.native", timeout=60)
             session.execute(program_enrollment_ddl(ks, "native"), timeout=60)
-            writer = flatten_rs.Writer(
+            writer = native().Writer(
                 hosts=list(settings.cassandra_hosts),
                 port=settings.cassandra_port,
                 keyspace=ks,

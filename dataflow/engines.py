@@ -1,6 +1,6 @@
 """The two write engines behind the sink: each flattens a consumed batch and writes its rows.
 
-* ``rust`` (the default when the extension is built): ``flatten_rs.Writer`` parses, applies
+* ``rust`` (the default when the extension is built): the extension's ``Writer`` parses, applies
   the rules, stamps, serialises and writes with the ``scylla`` driver, off the GIL.
 * ``python`` (the reference, and what runs without a Rust toolchain): our Python flattener and
   cassandra-driver through :class:`~dataflow.cassandra_writer.PipelinedWriter`.
@@ -87,10 +87,10 @@ class RustEngine:
     name = "rust"
 
     def __init__(self, settings: Settings):
-        from dataflow import flatten_rs
-        from dataflow.flatten import COLUMNS
+        from dataflow.flatten import COLUMNS, native
 
-        if tuple(flatten_rs.writer_columns()) != COLUMNS:
+        extension = native()
+        if tuple(extension.writer_columns()) != COLUMNS:
             # A stale build binds values by position to other columns: never write with it.
             raise RuntimeError(
                 "the Rust extension was built for other columns: rebuild it (scripts/install)"
@@ -98,7 +98,7 @@ class RustEngine:
         attempt = 0
         while True:
             try:
-                self._writer = flatten_rs.Writer(
+                self._writer = extension.Writer(
                     hosts=list(settings.cassandra_hosts),
                     port=settings.cassandra_port,
                     keyspace=settings.cassandra_keyspace,

@@ -32,9 +32,9 @@ def _require(name: str, addr: tuple[str, int]) -> None:
 def require_rust() -> None:
     """The Rust engine must be built in CI; elsewhere its absence skips."""
     try:
-        from dataflow import flatten_rs
+        from dataflow.flatten import native
 
-        flatten_rs.flatten_batch  # noqa: B018 - the attribute is the check
+        native().flatten_batch  # noqa: B018 - the attribute is the check
     except (ImportError, AttributeError):
         msg = "the Rust flattener is not built: run scripts/install"
         if IN_CI:

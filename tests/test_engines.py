@@ -34,6 +34,6 @@ def test_tls_selects_the_python_engine_or_refuses_an_explicit_rust():
 
 def test_rust_writer_binds_the_columns_of_the_python_engine():
     require_rust()
-    from dataflow import flatten_rs
+    from dataflow.flatten import native
 
-    assert tuple(flatten_rs.writer_columns()) == COLUMNS
+    assert tuple(native().writer_columns()) == COLUMNS

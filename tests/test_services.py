@@ -128,7 +128,7 @@ def test_rust_extension_is_built_from_this_checkout():
     from tests.conftest import require_rust
 
     require_rust()
-    from dataflow import flatten_rs
+    from dataflow.flatten import native
 
     cargo = tomllib.loads((ROOT / "Cargo.toml").read_text())
-    assert flatten_rs.version() == cargo["package"]["version"]
+    assert native().version() == cargo["package"]["version"]

@@ -1,7 +1,8 @@
 """Flattening of program-user events into Cassandra rows (spec: shared/spec/streaming.md §1-4, 7).
 
-Two engines produce exactly the same results: the Rust extension ``dataflow.flatten_rs``
-(the hot path) and the pure-Python fallback in ``dataflow.flatten._python``.
+Two engines produce exactly the same results: the Rust extension (the hot path; the private
+``dataflow.flatten._native``, reached only through :func:`native`) and the pure-Python fallback
+in ``dataflow.flatten._python``.
 
 Both engines expose ``flatten_batch(messages, max_bytes, unset) -> list[tuple]`` and return one
 4-tuple per message, in order:
@@ -71,12 +72,24 @@ class _NotWritten:
 NOT_WRITTEN = _NotWritten()
 
 
+def native():
+    """The compiled extension (``flatten_rs/``, typed in ``_native.pyi``): the only way in, so
+    callers get one clear error when it is not built."""
+    try:
+        from dataflow.flatten import _native
+    except ImportError:
+        raise ImportError(
+            "the Rust extension (dataflow.flatten._native) is not built; run scripts/install "
+            "or set PUI_ENGINE=python"
+        ) from None
+    return _native
+
+
 def rust_available() -> bool:
     try:
-        from dataflow import flatten_rs
+        return hasattr(native(), "flatten_batch")
     except ImportError:
         return False
-    return hasattr(flatten_rs, "flatten_batch")
 
 
 def resolve_engine(engine: str | None = None) -> str:
@@ -94,19 +107,14 @@ def resolve_engine(engine: str | None = None) -> str:
     if rust_available():
         return "rust"
     if requested == "rust":
-        raise ImportError(
-            "the Rust flattener (dataflow.flatten_rs) is not built; run scripts/install "
-            "or set PUI_ENGINE=python"
-        )
+        native()  # raises the clear ImportError
     return "python"
 
 
 def engine_function(engine: str | None = None):
     """The ``flatten_batch(messages, max_bytes, unset)`` function of the resolved engine."""
     if resolve_engine(engine) == "rust":
-        from dataflow import flatten_rs
-
-        return flatten_rs.flatten_batch
+        return native().flatten_batch
     from dataflow.flatten import _python
 
     return _python.flatten_batch

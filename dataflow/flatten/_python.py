@@ -1,6 +1,6 @@
 """The pure-Python flattener: the reference reading of spec §1-4 and the fallback engine.
 
-Results are exactly those of the Rust engine (``dataflow.flatten_rs``); see the contract in
+Results are exactly those of the Rust engine (``dataflow.flatten._native``); see the contract in
 ``dataflow/flatten/__init__.py``.
 """
 

@@ -227,7 +227,7 @@ fn flatten_batch<'py>(
 }
 
 #[pymodule]
-fn flatten_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(version, m)?)?;
     m.add_function(wrap_pyfunction!(flatten_batch, m)?)?;
     m.add_function(wrap_pyfunction!(py_writer::writer_columns, m)?)?;

@@ -1,7 +1,7 @@
 """Type stub of the Rust extension (flatten_rs/src/lib.rs, flatten_rs/src/py_writer.rs).
 
-Import it through ``dataflow.flatten`` (the flattener) and ``dataflow.engines`` (the writer);
-only those facades know how the extension is called.
+Reached only through ``dataflow.flatten.native()``: ``dataflow.flatten`` (the flattener) and
+``dataflow.engines`` (the writer) are the facades that know how the extension is called.
 """
 
 from typing import Any
