@@ -35,7 +35,7 @@ from Cryptodome.Util.Padding import pad
 from benchmarks.e2e import hwm_mib
 from dataflow import config, schema
 from dataflow.cassandra_session import connect
-from dataflow.exhaust import crypto, requests
+from dataflow.exhaust import crypto, job_requests
 from dataflow.exhaust.__main__ import request_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,7 +212,7 @@ def side_by_side(env: dict, pg, pid: str, workers: int) -> None:
     claims its own (requests with different keys are not identical, so not merged)."""
     rids = [f"{pid}-w{n}-{time.time_ns()}" for n in range(workers)]
     for n, rid in enumerate(rids):
-        requests.submit(pg, rid, request_data(pid, []), f"pw{n}", "bench")
+        job_requests.submit(pg, rid, request_data(pid, []), f"pw{n}", "bench")
     start = time.perf_counter()
     procs = [
         subprocess.Popen(
@@ -343,8 +343,8 @@ def main() -> int:
                 "plain-program" if "plain-program" in programs else "",
             )
             say(f"loaded in {time.perf_counter() - started:.0f} s")
-        pg = requests.connect(dsn, 60)
-        requests.init_db(pg)
+        pg = job_requests.connect(dsn, 60)
+        job_requests.init_db(pg)
         print(
             "| program | users | PUI_REPORT_SORT_ROWS | wall s | peak RSS MiB | sorted | phases |"
             "\n|---|---|---|---|---|---|---|"
@@ -353,7 +353,7 @@ def main() -> int:
             for limit in args.sort_rows or ["default"]:
                 for pid in programs:
                     rid = f"{pid}-{time.time_ns()}"
-                    requests.submit(pg, rid, request_data(pid, []), "pw", "bench")
+                    job_requests.submit(pg, rid, request_data(pid, []), "pw", "bench")
                     run_env = dict(env)
                     if limit != "default":
                         run_env["PUI_REPORT_SORT_ROWS"] = limit

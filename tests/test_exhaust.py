@@ -27,7 +27,7 @@ import pyzipper
 import redis
 
 from dataflow import schema
-from dataflow.exhaust import crypto, requests, sources
+from dataflow.exhaust import crypto, job_requests, sources
 from dataflow.exhaust import settings as exhaust_settings
 from dataflow.exhaust.__main__ import request_data
 from dataflow.exhaust.runner import Worker
@@ -84,8 +84,8 @@ class World:
             "PUI_ENCRYPTION_SALT": SALT,
             **extra_env,
         }
-        self.pg = requests.connect(self.dsn, 60)
-        requests.init_db(self.pg)
+        self.pg = job_requests.connect(self.dsn, 60)
+        job_requests.init_db(self.pg)
         self.insert = session.prepare(
             f"INSERT INTO {self.ks}.program_enrollment (program_id, user_id, program_externalid, "
             "program_name, pii_consent_required, user_locations, organisation_id, "
@@ -118,7 +118,7 @@ class World:
         self.redis.close()
 
     def submit(self, rid, data, key=KEY, by="manager-1"):
-        requests.submit(self.pg, rid, data, key, by)
+        job_requests.submit(self.pg, rid, data, key, by)
 
     def row(self, rid) -> dict:
         return self.pg.execute("SELECT * FROM job_request WHERE request_id = %s", (rid,)).fetchone()
@@ -388,11 +388,11 @@ def test_two_concurrent_workers_never_share_a_request(world):
     def work(n: int) -> None:
         worker = world.worker()
         try:
-            while (claim := requests.claim(worker.postgres())) is not None:
+            while (claim := job_requests.claim(worker.postgres())) is not None:
                 claimed[n].append(claim.request_id)
                 time.sleep(0.05)  # hold it a while, as a real report would
-                requests.succeed(worker.postgres(), claim, "x", 1)
-                requests.release(worker.postgres(), claim)
+                job_requests.succeed(worker.postgres(), claim, "x", 1)
+                job_requests.release(worker.postgres(), claim)
         finally:
             worker.close()
 
@@ -412,9 +412,9 @@ def test_a_killed_worker_leaves_a_request_that_is_picked_up_again(world):
     world.submit("rk", request_data(pid, []))
     # A worker process claims the request and dies before finishing.
     code = (
-        "import os; from dataflow.exhaust import requests;"
-        "c = requests.connect(os.environ['PUI_POSTGRES_DSN'], 60);"
-        "assert requests.claim(c).request_id == 'rk'; os._exit(9)"
+        "import os; from dataflow.exhaust import job_requests;"
+        "c = job_requests.connect(os.environ['PUI_POSTGRES_DSN'], 60);"
+        "assert job_requests.claim(c).request_id == 'rk'; os._exit(9)"
     )
     died = subprocess.run([sys.executable, "-c", code], env=world.env, cwd=ROOT, check=False)
     assert died.returncode == 9
@@ -502,6 +502,8 @@ def test_cli_submit_run_once_and_status(world):
         [*cmd, "status", rid], env=world.env, cwd=ROOT, capture_output=True, text=True
     )
     assert '"status": "SUCCESS"' in status.stdout
+    assert job_requests.status(world.pg, rid)["download_urls"] == world.row(rid)["download_urls"]
+    assert job_requests.status(world.pg, "no-such-request") is None
     assert world.csv_of(rid).splitlines()[1].startswith(uid)
 
 

@@ -12,7 +12,7 @@ import uuid
 import psycopg
 
 from dataflow.config import ConfigError
-from dataflow.exhaust import archive, requests, safe, settings
+from dataflow.exhaust import archive, job_requests, safe, settings
 from dataflow.exhaust.layout import LayoutError
 
 DESCRIPTION = """\
@@ -121,7 +121,7 @@ def request_data(program_id: str, extra: list[str]) -> dict:
     table_filters = [{"name": "program_id", "operator": "=", "value": program_id}]
     table_filters += [parse_filter(text) for text in extra]
     return {
-        "type": requests.JOB_ID,
+        "type": job_requests.JOB_ID,
         "params": {
             "filters": [
                 {"table_name": "program_enrollment", "table_filters": table_filters},
@@ -163,7 +163,7 @@ def _submit(conf: settings.ExhaustSettings, conn: psycopg.Connection, args) -> i
         print(f"program-user-info exhaust: {problem}", file=sys.stderr)
         return 2
     try:
-        requests.submit(
+        job_requests.submit(
             conn,
             rid,
             request_data(args.program_id, args.filter),
@@ -237,18 +237,14 @@ def main(argv: list[str] | None = None) -> int:
             from dataflow.exhaust import demo
 
             return demo.main(conf, args)
-        conn = requests.connect(conf.postgres_dsn, conf.processing_timeout)
+        conn = job_requests.connect(conf.postgres_dsn, conf.processing_timeout)
         with conn:
             if args.command == "init-db":
-                requests.init_db(conn)
+                job_requests.init_db(conn)
             elif args.command == "submit":
                 return _submit(conf, conn, args)
             elif args.command == "status":
-                row = conn.execute(
-                    "SELECT request_id, status, iteration, download_urls, err_message, "
-                    "execution_time FROM job_request WHERE request_id = %s",
-                    (args.request_id,),
-                ).fetchone()
+                row = job_requests.status(conn, args.request_id)
                 if row is None:
                     print(f"no request {safe.shown(args.request_id)}", file=sys.stderr)
                     return 1

@@ -22,7 +22,7 @@ from cassandra.concurrent import execute_concurrent_with_args
 
 from dataflow import schema
 from dataflow.cassandra_session import connect as cassandra_connect
-from dataflow.exhaust import archive, crypto, requests, safe
+from dataflow.exhaust import archive, crypto, job_requests, safe
 from dataflow.exhaust.settings import ExhaustSettings
 
 # spec exhaust.md §2: Sunbird's table, created only when it does not exist.
@@ -143,9 +143,9 @@ def main(conf: ExhaustSettings, args) -> int:
 def _seed(conf: ExhaustSettings, args, enrolments, consents, cached) -> str | None:
     """Create and fill; returns the request_id submitted, if any."""
     pid = args.program_id
-    conn = requests.connect(conf.postgres_dsn, conf.processing_timeout)
+    conn = job_requests.connect(conf.postgres_dsn, conf.processing_timeout)
     with conn:
-        requests.init_db(conn)
+        job_requests.init_db(conn)
         c = conf.cassandra
         cluster, session = cassandra_connect(c, wait=conf.store_wait)
         try:
@@ -185,5 +185,7 @@ def _seed(conf: ExhaustSettings, args, enrolments, consents, cached) -> str | No
         rid = uuid.uuid4().hex
         from dataflow.exhaust.__main__ import request_data
 
-        requests.submit(conn, rid, request_data(pid, []), args.encryption_key, "seed-demo", "demo")
+        job_requests.submit(
+            conn, rid, request_data(pid, []), args.encryption_key, "seed-demo", "demo"
+        )
     return rid

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from dataflow.cassandra_session import connect as cassandra_connect
 from dataflow.cassandra_session import describe as describe_cassandra
 from dataflow.config import ConfigError
-from dataflow.exhaust import archive, filters, layout, requests, safe, sources, storage
+from dataflow.exhaust import archive, filters, job_requests, layout, safe, sources, storage
 from dataflow.exhaust.report import IST, Counts, Report
 from dataflow.exhaust.settings import ExhaustSettings
 
@@ -92,7 +92,9 @@ class Worker:
 
     def postgres(self) -> psycopg.Connection:
         if self.pg is None or self.pg.closed or self.pg.broken:
-            self.pg = requests.connect(self.settings.postgres_dsn, self.settings.processing_timeout)
+            self.pg = job_requests.connect(
+                self.settings.postgres_dsn, self.settings.processing_timeout
+            )
         return self.pg
 
     def cassandra(self):
@@ -125,7 +127,7 @@ class Worker:
         done = failed = 0
         attempted: set[str] = set()
         self.unavailable = None
-        if self.session is None and requests.has_pending(self.postgres()):
+        if self.session is None and job_requests.has_pending(self.postgres()):
             try:
                 # Connected before any request is claimed: an unreachable Cassandra costs no
                 # request an attempt, the requests simply wait for the next run.
@@ -134,7 +136,7 @@ class Worker:
                 self.unavailable = f"{exc}; no request was taken, they wait for the next run"
                 return 0, 0
         while True:
-            claim = requests.claim(self.postgres(), attempted)
+            claim = job_requests.claim(self.postgres(), attempted)
             if claim is None:
                 return done, failed
             attempted.update(claim.all_ids)
@@ -144,7 +146,7 @@ class Worker:
             if self.unavailable is not None:
                 return done, failed
 
-    def process(self, claim: requests.Claim) -> tuple[int, int]:
+    def process(self, claim: job_requests.Claim) -> tuple[int, int]:
         """Serve one claim; returns how many of its requests succeeded and failed."""
         conn = self.postgres()
         refused = 0
@@ -153,8 +155,8 @@ class Worker:
             if problem is not None:
                 # The id would name the report file: refuse it before anything is read.
                 one = dataclasses.replace(claim, request_id=rid, duplicates=[])
-                requests.fail(conn, one, problem, 0)
-                requests.release(conn, one)
+                job_requests.fail(conn, one, problem, 0)
+                job_requests.release(conn, one)
                 log.warning("request %s: FAILED: %s", safe.shown(rid), problem)
                 refused += 1
         if refused:
@@ -166,7 +168,7 @@ class Worker:
         n = len(claim.all_ids)
         return (n, refused) if ok else (0, refused + n)
 
-    def _serve(self, claim: requests.Claim) -> bool:
+    def _serve(self, claim: job_requests.Claim) -> bool:
         start = time.monotonic()
         twins = f" (+{len(claim.duplicates)} identical)" if claim.duplicates else ""
         log.info("request %s%s: attempt %d", safe.shown(claim.request_id), twins, claim.iteration)
@@ -180,17 +182,17 @@ class Worker:
                 counts.seconds["upload"] = time.monotonic() - began
         except (ReportFailed, filters.BadRequest, storage.StorageError) as exc:
             millis = int((time.monotonic() - start) * 1000)
-            requests.fail(conn, claim, str(exc), millis)
+            job_requests.fail(conn, claim, str(exc), millis)
             log.warning("request %s: FAILED: %s", safe.shown(claim.request_id), safe.shown(exc))
-            requests.release(conn, claim)
+            job_requests.release(conn, claim)
             if isinstance(exc, StoreUnavailable | storage.UploadFailed):
                 self.unavailable = str(exc)
             return False
         finally:
             gc.unfreeze()  # the report's rows, frozen by build(), are garbage now
         millis = int((time.monotonic() - start) * 1000)
-        requests.succeed(conn, claim, str(path), millis)
-        requests.release(conn, claim)
+        job_requests.succeed(conn, claim, str(path), millis)
+        job_requests.release(conn, claim)
         log.info(
             "request %s: SUCCESS in %.1f s: %d rows, %d needing consent, %d consenting, "
             "%d not in the user cache, %d undecryptable values, %s -> %s (%s)",
@@ -207,7 +209,7 @@ class Worker:
         )
         return True
 
-    def build(self, claim: requests.Claim):
+    def build(self, claim: job_requests.Claim):
         s = self.settings
         if claim.request_data is None:
             raise ReportFailed("Not a Valid Request")
@@ -237,7 +239,7 @@ class Worker:
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def _build_in(self, work: Path, claim: requests.Claim, request, final: Path):
+    def _build_in(self, work: Path, claim: job_requests.Claim, request, final: Path):
         s = self.settings
         counts = Counts()
         clock = time.monotonic()

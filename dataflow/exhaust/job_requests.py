@@ -134,6 +134,15 @@ def claim(conn: psycopg.Connection, skip: set[str] | frozenset = frozenset()) ->
     )
 
 
+def status(conn: psycopg.Connection, request_id: str) -> dict | None:
+    """What ``status`` shows of a request's row; None when there is no such request."""
+    return conn.execute(
+        "SELECT request_id, status, iteration, download_urls, err_message, execution_time "
+        "FROM job_request WHERE request_id = %s",
+        (request_id,),
+    ).fetchone()
+
+
 def release(conn: psycopg.Connection, claim_: Claim) -> None:
     for rid in claim_.all_ids:
         conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (LOCK_CLASS, rid))
