@@ -1,70 +1,28 @@
 """Settings of the streaming job, from environment variables and an optional Sunbird HOCON file.
 
-Environment variables win over the ``PUI_CONFIG`` file; every bad value fails at start with a
-message that names the setting. ``python -m dataflow.config`` prints the effective settings
-(secrets masked).
+:class:`Settings` is the table of settings: each field declares its variable, Sunbird HOCON key,
+default, parser and help once (:mod:`dataflow.settings_table`), and loading, checking,
+``python -m dataflow.config`` (secrets masked, ``--help``) and the README's table all come from
+it. Environment variables win over the ``PUI_CONFIG`` file; every bad value fails at start with
+a message that names the setting.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 
-ENV_VARS: tuple[str, ...] = (
-    "PUI_ENV",
-    "PUI_CONFIG",
-    "PUI_KAFKA_BROKERS",
-    "PUI_INPUT_TOPIC",
-    "PUI_FAILED_TOPIC",
-    "PUI_GROUP_ID",
-    "PUI_START_OFFSET",
-    "PUI_STOP_AT_END",
-    "PUI_BATCH_SIZE",
-    "PUI_CASSANDRA_HOSTS",
-    "PUI_CASSANDRA_PORT",
-    "PUI_CASSANDRA_KEYSPACE",
-    "PUI_CASSANDRA_TABLE",
-    "PUI_CASSANDRA_USERNAME",
-    "PUI_CASSANDRA_PASSWORD",
-    "PUI_CASSANDRA_LOCAL_DC",
-    "PUI_CASSANDRA_TLS",
-    "PUI_CASSANDRA_TLS_CA_FILE",
-    "PUI_CASSANDRA_TLS_CERT_FILE",
-    "PUI_CASSANDRA_TLS_KEY_FILE",
-    "PUI_CASSANDRA_TLS_CHECK_HOSTNAME",
-    "PUI_CASSANDRA_CONSISTENCY",
-    "PUI_CASSANDRA_REPLICATION",
-    "PUI_CASSANDRA_CONCURRENCY",
-    "PUI_ENGINE",
-    "PUI_FLATTENER",
-    "PUI_MAX_MESSAGE_BYTES",
-    "PUI_METRICS_PORT",
-    "PUI_LOG_INTERVAL",
-    "PUI_LOG_LEVEL",
-    "PUI_WRITE_TIMESTAMP_OFFSET",
-    "PUI_PRODUCE_TIMEOUT",
-    "PUI_STARTUP_TIMEOUT",
-    "PUI_STOP_TIMEOUT",
-    "PUI_METRICS_ADDRESS",
-    "PUI_HEALTH_WINDOW",
-)
+from dataflow import settings_table as st
+from dataflow.settings_table import ConfigError, setting
+
+__all__ = ["ConfigError", "Settings", "load", "main"]
+
 # Any librdkafka setting: PUI_KAFKA_CONFIG_SASL_MECHANISM=PLAIN -> sasl.mechanism=PLAIN.
 KAFKA_CONFIG_PREFIX = "PUI_KAFKA_CONFIG_"
-
-# Sunbird's HOCON key -> our setting name (seed lern-program-user-info.txt).
-HOCON_KEYS: dict[str, str] = {
-    "kafka.input.topic": "input_topic",
-    "kafka.groupId": "group_id",
-    "kafka.broker-servers": "kafka_brokers",
-    "kafka.output.failed.topic": "failed_topic",
-    "ml-cassandra.keyspace": "cassandra_keyspace",
-    "ml-cassandra.table": "cassandra_table",
-    "ml-cassandra.host": "cassandra_hosts",
-    "ml-cassandra.port": "cassandra_port",
-}
 
 CONSISTENCY_LEVELS = (
     "ANY",
@@ -78,104 +36,33 @@ CONSISTENCY_LEVELS = (
     "LOCAL_ONE",
 )
 START_OFFSETS = ("committed", "earliest", "latest")
-_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
+ENGINES = ("auto", "rust", "python")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+# --- parsers of this job's settings --------------------------------------------------------------
+
+_env_name = st.matching(r"[A-Za-z0-9_-]{1,64}", "a short name of letters, digits, - or _")
+_topic = st.matching(r"[A-Za-z0-9._-]{1,249}", "a valid Kafka topic name")
+_identifier = st.matching(r"[A-Za-z][A-Za-z0-9_]{0,47}", "a plain CQL identifier")
 
 
-class ConfigError(ValueError):
-    """A setting has a bad value; the message names the setting."""
+def _brokers(name: str, raw: str) -> str:
+    if not raw.strip():
+        raise ConfigError(f"{name} must list at least one host:port")
+    return raw.strip()
 
 
-@dataclass(frozen=True)
-class Settings:
-    env: str = "local"
-    kafka_brokers: str = "127.0.0.1:9092"
-    input_topic: str = ""
-    failed_topic: str = ""
-    group_id: str = ""
-    start_offset: str = "committed"
-    stop_at_end: bool = False
-    batch_size: int = 1000
-    kafka_extra: Mapping[str, str] = field(default_factory=dict, repr=False)
-    cassandra_hosts: tuple[str, ...] = ("127.0.0.1",)
-    cassandra_port: int = 9042
-    cassandra_keyspace: str = "sunbird_programs"
-    cassandra_table: str = "program_enrollment"
-    cassandra_username: str | None = None
-    cassandra_password: str | None = field(default=None, repr=False)
-    cassandra_local_dc: str | None = None
-    # Client TLS (Cassandra's client_encryption_options): the server's certificate is always
-    # verified, against the CA file or else the system's CAs; the client certificate is optional.
-    cassandra_tls: bool = False
-    cassandra_tls_ca_file: str | None = None
-    cassandra_tls_cert_file: str | None = None
-    cassandra_tls_key_file: str | None = None
-    cassandra_tls_check_hostname: bool = True
-    cassandra_consistency: str = "LOCAL_QUORUM"
-    cassandra_replication: str = "{'class': 'SimpleStrategy', 'replication_factor': '1'}"
-    cassandra_concurrency: int = 64
-    # "rust": the extension flattens and writes; "python": our flattener and cassandra-driver.
-    engine: str = "auto"
-    max_message_bytes: int = 1024 * 1024
-    metrics_port: int = 9100
-    log_interval: float = 30.0
-    log_level: str = "INFO"
-    # Added to every write timestamp, for a table taken over from Sunbird's job (spec §3.4).
-    write_timestamp_offset_us: int = 0
-    # Seconds python -m dataflow.produce waits for every delivery report.
-    produce_timeout: float = 30.0
-    # Seconds the job waits at start for Kafka and Cassandra before it stops with the cause.
-    startup_timeout: float = 30.0
-    # Seconds a stop request (SIGTERM, SIGINT) may take to finish the batches in flight.
-    stop_timeout: float = 20.0
-    # Address the metrics/health server binds (0.0.0.0: every interface, as a pod needs).
-    metrics_address: str = "0.0.0.0"
-    # /healthz fails when the sources neither consumed nor found nothing for this long (s).
-    health_window: float = 120.0
-
-    def describe(self) -> str:
-        """One line per setting, secrets masked: safe to log."""
-        out = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "cassandra_password":
-                value = "***" if value else None
-            elif f.name == "kafka_extra":
-                value = {k: ("***" if _is_secret(k) else v) for k, v in value.items()}
-            out.append(f"{f.name}={value}")
-        return "\n".join(out)
+def _hosts(name: str, raw: str) -> tuple[str, ...]:
+    hosts = tuple(h.strip() for h in str(raw).split(",") if h.strip())
+    if not hosts:
+        raise ConfigError(f"{name} must list at least one host")
+    return hosts
 
 
-def _is_secret(key: str) -> bool:
-    return any(w in key.lower() for w in ("password", "secret", "token", "key"))
-
-
-def _parse_bool(name: str, raw: str) -> bool:
-    low = raw.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError(f"{name} must be true or false, not {raw!r}")
-
-
-def _parse_int(name: str, raw: str, low: int, high: int) -> int:
-    try:
-        value = int(str(raw).strip())
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, not {raw!r}") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name} must be between {low} and {high}, not {value}")
-    return value
-
-
-def _parse_float(name: str, raw: str, low: float) -> float:
-    try:
-        value = float(str(raw).strip())
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, not {raw!r}") from None
-    if value < low:
-        raise ConfigError(f"{name} must be at least {low}, not {value}")
+def _start_offset(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in START_OFFSETS:
+        raise ConfigError(f"{name} must be one of {', '.join(START_OFFSETS)}, not {raw!r}")
     return value
 
 
@@ -186,7 +73,7 @@ _DURATION = re.compile(r"(\d{1,12})([dhms])", re.ASCII)
 MAX_WRITE_TIMESTAMP_OFFSET_US = 3650 * _DURATION_UNITS_US["d"]
 
 
-def _parse_offset_us(name: str, raw: str) -> int:
+def _offset_us(name: str, raw: str) -> int:
     """A duration such as ``2h``, ``90m``, ``1d12h``, ``30s``, or an integer of microseconds."""
     text = str(raw).strip().lower()
     if text.startswith("-"):
@@ -203,13 +90,6 @@ def _parse_offset_us(name: str, raw: str) -> int:
     if value > MAX_WRITE_TIMESTAMP_OFFSET_US:
         raise ConfigError(f"{name} must be at most 3650d, not {raw!r}")
     return value
-
-
-def _hosts(name: str, raw: str) -> tuple[str, ...]:
-    hosts = tuple(h.strip() for h in str(raw).split(",") if h.strip())
-    if not hosts:
-        raise ConfigError(f"{name} must list at least one host")
-    return hosts
 
 
 _REPLICATION_ITEM = re.compile(
@@ -248,7 +128,7 @@ def _replication(name: str, raw: str) -> str:
     return text
 
 
-def _readable_file(name: str, raw: str | None) -> str | None:
+def _readable_file(name: str, raw: str) -> str | None:
     if not raw:
         return None
     if not os.path.isfile(raw) or not os.access(raw, os.R_OK):
@@ -256,40 +136,7 @@ def _readable_file(name: str, raw: str | None) -> str | None:
     return raw
 
 
-def _cassandra_tls(env: Mapping[str, str]) -> dict:
-    on = _parse_bool("PUI_CASSANDRA_TLS", env.get("PUI_CASSANDRA_TLS", "false"))
-    files = {
-        name: _readable_file(name, env.get(name))
-        for name in (
-            "PUI_CASSANDRA_TLS_CA_FILE",
-            "PUI_CASSANDRA_TLS_CERT_FILE",
-            "PUI_CASSANDRA_TLS_KEY_FILE",
-        )
-    }
-    check = _parse_bool(
-        "PUI_CASSANDRA_TLS_CHECK_HOSTNAME", env.get("PUI_CASSANDRA_TLS_CHECK_HOSTNAME") or "true"
-    )
-    given = [n for n, v in files.items() if v]
-    if given and not on:
-        # A CA file without TLS would silently connect in clear text.
-        raise ConfigError(f"{', '.join(given)} need PUI_CASSANDRA_TLS=true")
-    cert, key = files["PUI_CASSANDRA_TLS_CERT_FILE"], files["PUI_CASSANDRA_TLS_KEY_FILE"]
-    if (cert is None) != (key is None):
-        raise ConfigError(
-            "PUI_CASSANDRA_TLS_CERT_FILE and PUI_CASSANDRA_TLS_KEY_FILE must be set together"
-        )
-    return {
-        "cassandra_tls": on,
-        "cassandra_tls_ca_file": files["PUI_CASSANDRA_TLS_CA_FILE"],
-        "cassandra_tls_cert_file": cert,
-        "cassandra_tls_key_file": key,
-        "cassandra_tls_check_hostname": check,
-    }
-
-
 def _ip_address(name: str, raw: str) -> str:
-    import ipaddress
-
     try:
         return str(ipaddress.ip_address(raw.strip()))
     except ValueError:
@@ -299,153 +146,319 @@ def _ip_address(name: str, raw: str) -> str:
         ) from None
 
 
-def _load_hocon(path: str) -> dict[str, str]:
-    """Read the Sunbird key names we understand from a HOCON file; other keys are ignored."""
-    try:
-        from pyhocon import ConfigFactory
-    except ImportError as exc:  # pragma: no cover - pyhocon is a pinned dependency
-        raise ConfigError("PUI_CONFIG needs the pyhocon package") from exc
-    if not os.path.isfile(path):
-        raise ConfigError(f"PUI_CONFIG points to {path!r}, which is not a readable file")
-    try:
-        tree = ConfigFactory.parse_file(path)
-    except Exception as exc:
-        raise ConfigError(f"PUI_CONFIG file {path!r} is not valid HOCON: {exc}") from None
-    found: dict[str, str] = {}
-    for key, setting in HOCON_KEYS.items():
-        value = tree.get(key, None)
-        if value is not None:
-            if isinstance(value, list):
-                value = ",".join(str(v) for v in value)
-            found[setting] = str(value)
-    return found
+def _is_secret(key: str) -> bool:
+    return any(w in key.lower() for w in ("password", "secret", "token", "key"))
+
+
+def _mask_kafka(extra: Mapping[str, str]) -> dict[str, str]:
+    return {k: ("***" if _is_secret(k) else v) for k, v in extra.items()}
+
+
+# --- the table -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The streaming job's settings, in the order the README lists them."""
+
+    env: str = setting(
+        "PUI_ENV", "local", _env_name, "environment name; derives the topic and group names below"
+    )
+    kafka_brokers: str = setting(
+        "PUI_KAFKA_BROKERS",
+        "127.0.0.1:9092",
+        _brokers,
+        "bootstrap servers",
+        hocon="kafka.broker-servers",
+    )
+    input_topic: str = setting(
+        "PUI_INPUT_TOPIC",
+        "{env}.programuser.info",
+        _topic,
+        "input topic",
+        hocon="kafka.input.topic",
+        derived=True,
+    )
+    failed_topic: str = setting(
+        "PUI_FAILED_TOPIC",
+        "{env}.programuser.info.failed",
+        _topic,
+        "rejected messages, unchanged, with `error.reason`, `error.detail`, `source.topic`, "
+        "`source.partition`, `source.offset`, `source.timestamp` headers",
+        hocon="kafka.output.failed.topic",
+        derived=True,
+    )
+    group_id: str = setting(
+        "PUI_GROUP_ID",
+        "{env}-programuser-group",
+        st.text,
+        "consumer group that progress is committed to",
+        hocon="kafka.groupId",
+        derived=True,
+    )
+    kafka_extra: Mapping[str, str] = st.documented(
+        KAFKA_CONFIG_PREFIX + "*",
+        "any librdkafka setting, e.g. `PUI_KAFKA_CONFIG_SECURITY_PROTOCOL=SASL_SSL`, "
+        "`PUI_KAFKA_CONFIG_SASL_MECHANISM=PLAIN`, `PUI_KAFKA_CONFIG_SASL_USERNAME`, "
+        "`PUI_KAFKA_CONFIG_SASL_PASSWORD`, `PUI_KAFKA_CONFIG_SSL_CA_LOCATION`; librdkafka checks "
+        "names and values at start. The consumers get all of them, the producers and admin "
+        "client the connection ones (`security.*`, `sasl.*`, `ssl.*`, `client.*`, `socket.*`); "
+        "no client of the job creates topics, whatever is set. Values of keys naming a "
+        "password, secret, token or key are never printed",
+        mask=_mask_kafka,
+    )
+    start_offset: str = setting(
+        "PUI_START_OFFSET",
+        "committed",
+        _start_offset,
+        "without recovery state: `committed` (the group's offsets, else earliest), `earliest` "
+        "or `latest`",
+    )
+    stop_at_end: bool = setting(
+        "PUI_STOP_AT_END",
+        "false",
+        st.boolean,
+        "stop when every partition is drained (runs, tests, benchmarks)",
+    )
+    batch_size: int = setting(
+        "PUI_BATCH_SIZE",
+        "1000",
+        st.integer(1, 100_000),
+        "messages per consume call and per flattener call (1 to 100000)",
+    )
+    cassandra_hosts: tuple[str, ...] = setting(
+        "PUI_CASSANDRA_HOSTS",
+        "127.0.0.1",
+        _hosts,
+        "contact points, comma separated",
+        hocon="ml-cassandra.host",
+    )
+    cassandra_port: int = setting(
+        "PUI_CASSANDRA_PORT",
+        "9042",
+        st.integer(1, 65535),
+        "native protocol port of the contact points",
+        hocon="ml-cassandra.port",
+    )
+    cassandra_keyspace: str = setting(
+        "PUI_CASSANDRA_KEYSPACE",
+        "sunbird_programs",
+        _identifier,
+        "keyspace of the table",
+        hocon="ml-cassandra.keyspace",
+    )
+    cassandra_table: str = setting(
+        "PUI_CASSANDRA_TABLE",
+        "program_enrollment",
+        _identifier,
+        "table the flattened rows are written to",
+        hocon="ml-cassandra.table",
+    )
+    cassandra_username: str | None = setting(
+        "PUI_CASSANDRA_USERNAME",
+        "",
+        st.optional,
+        "`PasswordAuthenticator` user, set together with `PUI_CASSANDRA_PASSWORD`",
+    )
+    cassandra_password: str | None = setting(
+        "PUI_CASSANDRA_PASSWORD",
+        "",
+        st.optional,
+        "that user's password",
+        secret=True,
+    )
+    cassandra_local_dc: str | None = setting(
+        "PUI_CASSANDRA_LOCAL_DC",
+        "",
+        st.optional,
+        "local datacenter for the load-balancing policy",
+    )
+    # Client TLS (Cassandra's client_encryption_options): the server's certificate is always
+    # verified, against the CA file or else the system's CAs; the client certificate is optional.
+    cassandra_tls: bool = setting(
+        "PUI_CASSANDRA_TLS",
+        "false",
+        st.boolean,
+        "client TLS to Cassandra; the server's certificate chain is always verified",
+    )
+    cassandra_tls_ca_file: str | None = setting(
+        "PUI_CASSANDRA_TLS_CA_FILE",
+        "",
+        _readable_file,
+        "PEM CA certificates (default: the system's)",
+    )
+    cassandra_tls_cert_file: str | None = setting(
+        "PUI_CASSANDRA_TLS_CERT_FILE",
+        "",
+        _readable_file,
+        "client certificate (PEM), when the nodes require one; set together with "
+        "`PUI_CASSANDRA_TLS_KEY_FILE`",
+    )
+    cassandra_tls_key_file: str | None = setting(
+        "PUI_CASSANDRA_TLS_KEY_FILE",
+        "",
+        _readable_file,
+        "the client certificate's unencrypted key (PEM)",
+    )
+    cassandra_tls_check_hostname: bool = setting(
+        "PUI_CASSANDRA_TLS_CHECK_HOSTNAME",
+        "true",
+        st.boolean,
+        "check that each node's certificate names the address connected to (an IP for nodes "
+        "learnt from the ring); `false` skips only that check",
+    )
+    cassandra_consistency: str = setting(
+        "PUI_CASSANDRA_CONSISTENCY",
+        "LOCAL_QUORUM",
+        st.choice(CONSISTENCY_LEVELS),
+        "write consistency",
+    )
+    cassandra_replication: str = setting(
+        "PUI_CASSANDRA_REPLICATION",
+        "{'class': 'SimpleStrategy', 'replication_factor': '1'}",
+        _replication,
+        "keyspace replication used by `dataflow.bootstrap`",
+    )
+    cassandra_concurrency: int = setting(
+        "PUI_CASSANDRA_CONCURRENCY",
+        "64",
+        st.integer(1, 2048),
+        "Cassandra requests in flight per process (1 to 2048)",
+    )
+    engine: str = setting(
+        "PUI_ENGINE",
+        "auto",
+        st.choice(ENGINES, str.lower),
+        "`rust` (the extension flattens and writes with the `scylla` driver; what `auto` picks "
+        "when it is built) or `python` (our Python flattener and cassandra-driver: the "
+        "reference, and what runs without a Rust toolchain). The extension's driver has no "
+        "TLS: with `PUI_CASSANDRA_TLS=true`, `auto` uses the python engine and `rust` is "
+        "refused at start",
+        # It chose only the flattener when it had this name.
+        aliases=("PUI_FLATTENER",),
+    )
+    max_message_bytes: int = setting(
+        "PUI_MAX_MESSAGE_BYTES",
+        "1048576",
+        st.integer(1, 1 << 30),
+        "larger messages are rejected as `too_large`",
+    )
+    metrics_port: int = setting(
+        "PUI_METRICS_PORT",
+        "9100",
+        st.integer(0, 65535),
+        "`/metrics` (Prometheus), `/healthz`, `/readyz` (0 disables)",
+    )
+    # 0.0.0.0, every interface, is what a pod needs.
+    metrics_address: str = setting(
+        "PUI_METRICS_ADDRESS",
+        "0.0.0.0",
+        _ip_address,
+        "address that server listens on (`127.0.0.1`: this host only)",
+    )
+    health_window: float = setting(
+        "PUI_HEALTH_WINDOW",
+        "120",
+        st.number(5.0),
+        "seconds: `/healthz` fails when the sources neither consumed nor found nothing to "
+        "consume for this long (at least 5)",
+    )
+    log_interval: float = setting(
+        "PUI_LOG_INTERVAL",
+        "30",
+        st.number(0.0),
+        "seconds between progress log lines (0 disables)",
+    )
+    log_level: str = setting(
+        "PUI_LOG_LEVEL", "INFO", st.choice(LOG_LEVELS), "`DEBUG`, `INFO`, `WARNING` or `ERROR`"
+    )
+    write_timestamp_offset_us: int = setting(
+        "PUI_WRITE_TIMESTAMP_OFFSET",
+        "0",
+        _offset_us,
+        "added to every write timestamp (`2h`, `90m`, `30s`, `1d`, or microseconds; at most "
+        "`3650d`); set once, and only when taking over a table Sunbird's job wrote: "
+        "[docs/cutover.md](docs/cutover.md)",
+    )
+    produce_timeout: float = setting(
+        "PUI_PRODUCE_TIMEOUT",
+        "30",
+        st.number(1.0),
+        "seconds `python -m dataflow.produce` waits for Kafka to acknowledge each event; it "
+        "exits 1 naming how many were not delivered",
+    )
+    startup_timeout: float = setting(
+        "PUI_STARTUP_TIMEOUT",
+        "30",
+        st.number(1.0),
+        "seconds the job waits at start for Kafka, the input topic and Cassandra before it "
+        "stops with one line naming the servers and the likely cause",
+    )
+    stop_timeout: float = setting(
+        "PUI_STOP_TIMEOUT",
+        "20",
+        st.number(1.0),
+        "seconds a stop (SIGTERM, SIGINT) may take to write and commit what is in flight",
+    )
+
+    def __post_init__(self) -> None:
+        st.fill_derived(self)
+
+    def describe(self) -> str:
+        """One line per setting, secrets masked: safe to log."""
+        return st.describe(self)
+
+
+# Sunbird's HOCON key -> the variable that wins over it (seed lern-program-user-info.txt).
+HOCON_KEYS: dict[str, str] = st.hocon_keys(Settings)
+CONFIG_FILE = st.Setting(
+    "PUI_CONFIG",
+    "",
+    None,
+    "a HOCON file with Sunbird's key names ("
+    + ", ".join(f"`{k}`" for k in HOCON_KEYS)
+    + "); variables win over it",
+)
+# What the deploy manifests are checked against: every variable load() reads by name.
+ENV_VARS: tuple[str, ...] = (CONFIG_FILE.var, *st.variables(Settings))
+
+
+def doc_rows() -> list[tuple[str, str, str]]:
+    """The README's table: (variable, default, meaning) in Markdown."""
+    return [CONFIG_FILE.row(), *(spec.row() for _, spec in st.specs(Settings))]
+
+
+def _check_together(values: dict, blame: dict[str, str]) -> None:
+    """The rules between settings; each is checked once every value has parsed."""
+    if values["input_topic"] == values["failed_topic"]:
+        raise ConfigError(
+            f"{blame['failed_topic']} must differ from the input topic {values['input_topic']!r}"
+        )
+    if (values["cassandra_username"] is None) != (values["cassandra_password"] is None):
+        raise ConfigError("PUI_CASSANDRA_USERNAME and PUI_CASSANDRA_PASSWORD must be set together")
+    files = ("cassandra_tls_ca_file", "cassandra_tls_cert_file", "cassandra_tls_key_file")
+    given = [blame[f] for f in files if values[f]]
+    if given and not values["cassandra_tls"]:
+        # A CA file without TLS would silently connect in clear text.
+        raise ConfigError(f"{', '.join(given)} need PUI_CASSANDRA_TLS=true")
+    if (values["cassandra_tls_cert_file"] is None) != (values["cassandra_tls_key_file"] is None):
+        raise ConfigError(
+            "PUI_CASSANDRA_TLS_CERT_FILE and PUI_CASSANDRA_TLS_KEY_FILE must be set together"
+        )
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from ``environ`` (default ``os.environ``)."""
     env = dict(os.environ if environ is None else environ)
-    file_values = _load_hocon(env["PUI_CONFIG"]) if env.get("PUI_CONFIG") else {}
-
-    def get(var: str, setting: str, default: str) -> tuple[str, str]:
-        """Value and the name to blame in errors: the variable, else the file key."""
-        if env.get(var, "") != "":
-            return env[var], var
-        if setting in file_values:
-            hocon_key = next(k for k, s in HOCON_KEYS.items() if s == setting)
-            return file_values[setting], f"{hocon_key} (in PUI_CONFIG)"
-        return default, var
-
-    pui_env, _ = get("PUI_ENV", "env", "local")
-    if not re.match(r"^[A-Za-z0-9_-]{1,64}$", pui_env):
-        raise ConfigError(
-            f"PUI_ENV must be a short name of letters, digits, - or _, not {pui_env!r}"
-        )
-
-    brokers, _ = get("PUI_KAFKA_BROKERS", "kafka_brokers", "127.0.0.1:9092")
-    input_topic, input_name = get("PUI_INPUT_TOPIC", "input_topic", f"{pui_env}.programuser.info")
-    failed_topic, failed_name = get(
-        "PUI_FAILED_TOPIC", "failed_topic", f"{pui_env}.programuser.info.failed"
-    )
-    group_id, _ = get("PUI_GROUP_ID", "group_id", f"{pui_env}-programuser-group")
-    for name, topic in ((input_name, input_topic), (failed_name, failed_topic)):
-        if not _TOPIC.match(topic):
-            raise ConfigError(f"{name} is not a valid Kafka topic name: {topic!r}")
-    if input_topic == failed_topic:
-        raise ConfigError(f"{failed_name} must differ from the input topic {input_topic!r}")
-    if not brokers.strip():
-        raise ConfigError("PUI_KAFKA_BROKERS must list at least one host:port")
-
-    start_offset = env.get("PUI_START_OFFSET", "committed").strip().lower() or "committed"
-    if start_offset not in START_OFFSETS:
-        raise ConfigError(f"PUI_START_OFFSET must be one of {', '.join(START_OFFSETS)}")
-
-    hosts_raw, hosts_name = get("PUI_CASSANDRA_HOSTS", "cassandra_hosts", "127.0.0.1")
-    port_raw, port_name = get("PUI_CASSANDRA_PORT", "cassandra_port", "9042")
-    keyspace, keyspace_name = get(
-        "PUI_CASSANDRA_KEYSPACE", "cassandra_keyspace", "sunbird_programs"
-    )
-    table, table_name = get("PUI_CASSANDRA_TABLE", "cassandra_table", "program_enrollment")
-    for name, ident in ((keyspace_name, keyspace), (table_name, table)):
-        if not _IDENT.match(ident):
-            raise ConfigError(f"{name} must be a plain CQL identifier, not {ident!r}")
-
-    consistency = env.get("PUI_CASSANDRA_CONSISTENCY", "LOCAL_QUORUM").strip().upper()
-    if consistency not in CONSISTENCY_LEVELS:
-        raise ConfigError(
-            f"PUI_CASSANDRA_CONSISTENCY must be one of {', '.join(CONSISTENCY_LEVELS)}"
-        )
-    username = env.get("PUI_CASSANDRA_USERNAME") or None
-    password = env.get("PUI_CASSANDRA_PASSWORD") or None
-    if (username is None) != (password is None):
-        raise ConfigError("PUI_CASSANDRA_USERNAME and PUI_CASSANDRA_PASSWORD must be set together")
-
-    # PUI_FLATTENER is the setting's old name (it chose only the flattener); it still works.
-    engine_name = "PUI_ENGINE" if env.get("PUI_ENGINE") else "PUI_FLATTENER"
-    engine = env.get(engine_name, "auto").strip().lower() or "auto"
-    if engine not in ("auto", "rust", "python"):
-        raise ConfigError(f"{engine_name} must be auto, rust or python, not {engine!r}")
-
-    log_level = env.get("PUI_LOG_LEVEL", "INFO").strip().upper()
-    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError("PUI_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
-
-    kafka_extra = {
+    file_values = st.read_hocon(env["PUI_CONFIG"], HOCON_KEYS) if env.get("PUI_CONFIG") else {}
+    values, blame = st.load_fields(Settings, env, file_values)
+    _check_together(values, blame)
+    values["kafka_extra"] = {
         key[len(KAFKA_CONFIG_PREFIX) :].lower().replace("_", "."): value
         for key, value in env.items()
         if key.startswith(KAFKA_CONFIG_PREFIX) and len(key) > len(KAFKA_CONFIG_PREFIX)
     }
-
-    return Settings(
-        env=pui_env,
-        kafka_brokers=brokers.strip(),
-        input_topic=input_topic,
-        failed_topic=failed_topic,
-        group_id=group_id,
-        start_offset=start_offset,
-        stop_at_end=_parse_bool("PUI_STOP_AT_END", env.get("PUI_STOP_AT_END", "false")),
-        batch_size=_parse_int("PUI_BATCH_SIZE", env.get("PUI_BATCH_SIZE", "1000"), 1, 100_000),
-        kafka_extra=kafka_extra,
-        cassandra_hosts=_hosts(hosts_name, hosts_raw),
-        cassandra_port=_parse_int(port_name, port_raw, 1, 65535),
-        cassandra_keyspace=keyspace,
-        cassandra_table=table,
-        cassandra_username=username,
-        cassandra_password=password,
-        cassandra_local_dc=env.get("PUI_CASSANDRA_LOCAL_DC") or None,
-        **_cassandra_tls(env),
-        cassandra_consistency=consistency,
-        cassandra_replication=_replication(
-            "PUI_CASSANDRA_REPLICATION",
-            env.get("PUI_CASSANDRA_REPLICATION") or Settings.cassandra_replication,
-        ),
-        cassandra_concurrency=_parse_int(
-            "PUI_CASSANDRA_CONCURRENCY", env.get("PUI_CASSANDRA_CONCURRENCY", "64"), 1, 2048
-        ),
-        engine=engine,
-        max_message_bytes=_parse_int(
-            "PUI_MAX_MESSAGE_BYTES",
-            env.get("PUI_MAX_MESSAGE_BYTES", str(1024 * 1024)),
-            1,
-            1 << 30,
-        ),
-        metrics_port=_parse_int("PUI_METRICS_PORT", env.get("PUI_METRICS_PORT", "9100"), 0, 65535),
-        log_interval=_parse_float("PUI_LOG_INTERVAL", env.get("PUI_LOG_INTERVAL", "30"), 0.0),
-        log_level=log_level,
-        write_timestamp_offset_us=_parse_offset_us(
-            "PUI_WRITE_TIMESTAMP_OFFSET", env.get("PUI_WRITE_TIMESTAMP_OFFSET") or "0"
-        ),
-        produce_timeout=_parse_float(
-            "PUI_PRODUCE_TIMEOUT", env.get("PUI_PRODUCE_TIMEOUT", "30"), 1.0
-        ),
-        startup_timeout=_parse_float(
-            "PUI_STARTUP_TIMEOUT", env.get("PUI_STARTUP_TIMEOUT", "30"), 1.0
-        ),
-        stop_timeout=_parse_float("PUI_STOP_TIMEOUT", env.get("PUI_STOP_TIMEOUT", "20"), 1.0),
-        metrics_address=_ip_address(
-            "PUI_METRICS_ADDRESS", env.get("PUI_METRICS_ADDRESS") or Settings.metrics_address
-        ),
-        health_window=_parse_float("PUI_HEALTH_WINDOW", env.get("PUI_HEALTH_WINDOW", "120"), 5.0),
-    )
+    return Settings(**values)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -453,10 +466,14 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="python -m dataflow.config",
-        description="Print the streaming job's effective settings (secrets masked), after "
-        "checking every one of them as the job does at start, including the "
-        "PUI_KAFKA_CONFIG_* ones with librdkafka. Settings: " + ", ".join(ENV_VARS) + ", and "
-        f"{KAFKA_CONFIG_PREFIX}<librdkafka key, dots as _>. Exit status 2 names a bad setting.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=st.wrap(
+            "Print the streaming job's effective settings (secrets masked), after checking every "
+            "one of them as the job does at start, including the "
+            f"{KAFKA_CONFIG_PREFIX}* ones with librdkafka. Exit status 2 names a bad setting."
+        ),
+        epilog="settings (environment variables; an empty one counts as unset):\n"
+        + st.help_lines(doc_rows()),
     )
     parser.parse_args(argv)
     try:
@@ -472,8 +489,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the imported module's main: under -m this file is __main__, and errors raised by
-    # other modules are dataflow.config.ConfigError, not __main__.ConfigError.
+    # Run the imported module's main: under -m this file is __main__, a second copy whose
+    # Settings is not the class the rest of the code imports.
     from dataflow.config import main as _main
 
     raise SystemExit(_main())
