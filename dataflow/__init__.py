@@ -17,7 +17,7 @@ def __getattr__(name: str):
         except ConfigError as exc:
             print(f"program-user-info: configuration error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
-        except (RuntimeError, ConnectionError) as exc:
+        except (RuntimeError, ConnectionError, ImportError) as exc:
             print(f"program-user-info: cannot start: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
     raise AttributeError(f"module 'dataflow' has no attribute {name!r}")

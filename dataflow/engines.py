@@ -87,14 +87,9 @@ class RustEngine:
     name = "rust"
 
     def __init__(self, settings: Settings):
-        from dataflow.flatten import COLUMNS, native
+        from dataflow.flatten import native
 
-        extension = native()
-        if tuple(extension.writer_columns()) != COLUMNS:
-            # A stale build binds values by position to other columns: never write with it.
-            raise RuntimeError(
-                "the Rust extension was built for other columns: rebuild it (scripts/install)"
-            )
+        extension = native()  # refuses a build for other columns than dataflow.schema.TABLE
         attempt = 0
         while True:
             try:
@@ -187,7 +182,8 @@ class PythonEngine:
 
         from dataflow.cassandra_session import connect
         from dataflow.cassandra_writer import PipelinedWriter
-        from dataflow.flatten import COLUMNS, engine_function
+        from dataflow.flatten import engine_function
+        from dataflow.schema import insert_cql
 
         self._flatten = engine_function("python")
         self._unset = UNSET_VALUE
@@ -197,8 +193,7 @@ class PythonEngine:
         consistency = ConsistencyLevel.name_to_value[settings.cassandra_consistency]
         table = f"{settings.cassandra_keyspace}.{settings.cassandra_table}"
         self._insert = session.prepare(
-            f"INSERT INTO {table} ({', '.join(COLUMNS)}) "
-            f"VALUES ({', '.join('?' * len(COLUMNS))}) USING TIMESTAMP ?"
+            insert_cql(settings.cassandra_keyspace, settings.cassandra_table) + " USING TIMESTAMP ?"
         )
         self._delete = session.prepare(
             f"DELETE FROM {table} USING TIMESTAMP ? WHERE program_id = ? AND user_id = ?"

@@ -14,19 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-ENROLMENT_COLUMNS = {
-    "program_id": "text",
-    "user_id": "text",
-    "program_externalid": "text",
-    "program_name": "text",
-    "pii_consent_required": "boolean",
-    "organisation_id": "text",
-    "organisation_name": "text",
-    "user_type": "text",
-    "user_sub_type": "text",
-    "created_at": "date",
-    "updated_at": "date",
-}
+from dataflow.schema import TABLE
+
+# Column -> CQL type, which says how a filter's value is parsed (see _value).
+ENROLMENT_COLUMNS = {c.name: c.cql_type for c in TABLE if c.filter}
 CONSENT_COLUMNS = {
     "user_id": "text",
     "consumer_id": "text",

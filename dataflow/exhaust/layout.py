@@ -11,16 +11,12 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from dataflow.schema import TABLE
+
 # The fields a report row can carry, by their model-config names.
 PII_FIELDS = ("username", "phone", "email", "consentflag", "consentprovideddate")
-ROW_FIELDS = (
-    "user_id",
-    "program_name",
-    "program_externalId",
-    "user_type",
-    "user_sub_type",
-    "organisation_name",
-)
+# user_id first: a report row holds it before the others (report.py USER).
+ROW_FIELDS = ("user_id", *(c.spelled for c in TABLE if c.report and c.name != "user_id"))
 
 
 class LayoutError(ValueError):

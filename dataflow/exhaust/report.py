@@ -15,7 +15,6 @@ import gc
 import heapq
 import os
 import pickle
-import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,7 +26,9 @@ from zoneinfo import ZoneInfo
 
 from dataflow.exhaust import crypto
 from dataflow.exhaust.layout import PII_FIELDS, ROW_FIELDS, Layout
+from dataflow.exhaust.phases import PhaseTimer
 from dataflow.exhaust.sources import Consent
+from dataflow.schema import TABLE
 
 IST = ZoneInfo("Asia/Kolkata")
 UTC = dt.UTC
@@ -60,18 +61,12 @@ class Counts:
     undecryptable: int = 0
     encrypted: int = 0  # email and phone values that were decrypted, or tried
     runs: int = 0  # sorted runs written to disk (0: the report was sorted in memory)
-    # Wall seconds per phase, for the log line that says where a slow report spent its time.
-    seconds: dict[str, float] = field(default_factory=dict)
+    # Where a slow report spent its time; not a count, so two equal reports compare equal.
+    phases: PhaseTimer = field(default_factory=PhaseTimer, compare=False)
 
 
 # The enrolment columns after user_id in ROW_FIELDS order, as the table names them.
-SHARED_COLUMNS = (
-    "program_name",
-    "program_externalid",
-    "user_type",
-    "user_sub_type",
-    "organisation_name",
-)
+SHARED_COLUMNS = tuple(c.name for c in TABLE if c.report and c.name != "user_id")
 # A row is held as (consent active, consent day, user_id, *SHARED_COLUMNS, *location keys),
 # plus its personal cells at the end when the sort needs them.
 ACTIVE, DAY, USER = 0, 1, 2
@@ -282,15 +277,8 @@ class Report:
         return items
 
     def _pii(self, user_ids: list[str]) -> dict[str, tuple]:
-        began = time.monotonic()
-        try:
+        with self.counts.phases.waiting("user cache"):
             return self.lookup(user_ids) if user_ids else {}
-        finally:
-            self._waited(began)
-
-    def _waited(self, began: float) -> None:
-        seconds = self.counts.seconds
-        seconds["user cache"] = seconds.get("user cache", 0.0) + time.monotonic() - began
 
     def _spill(self, items: Iterable[tuple]) -> Path:
         path = self.folder / f"run-{self._made:06d}"
@@ -342,9 +330,8 @@ class Report:
             chunk = next(chunks, None)
             asked = ask(chunk) if chunk else None
             while chunk is not None:
-                began = time.monotonic()
-                pii = asked.result() if asked is not None else {}
-                self._waited(began)
+                with self.counts.phases.waiting("user cache"):
+                    pii = asked.result() if asked is not None else {}
                 following = next(chunks, None)
                 asked = ask(following) if following is not None else None
                 yield chunk, pii

@@ -21,14 +21,10 @@ from cassandra.concurrent import execute_concurrent_with_args
 from cassandra.query import tuple_factory
 
 from dataflow.exhaust.filters import Predicate
-from dataflow.schema import check_identifier
+from dataflow.schema import COLUMNS, check_identifier
 
-ENROLMENT_SELECT = (
-    "program_id, user_id, program_externalid, program_name, pii_consent_required, "
-    "user_locations, organisation_id, organisation_name, user_type, user_sub_type, "
-    "created_at, updated_at"
-)
-ENROLMENT_FIELDS = tuple(c.strip() for c in ENROLMENT_SELECT.split(","))
+ENROLMENT_FIELDS = COLUMNS
+ENROLMENT_SELECT = ", ".join(COLUMNS)
 # What every consent lookup reads; a filter on another column adds that column.
 CONSENT_FIELDS = ("user_id", "object_id", "status", "last_updated_on")
 PII_FIELDS = ("firstname", "lastname", "email", "phone")

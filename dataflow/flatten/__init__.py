@@ -22,25 +22,16 @@ unusable (the sink then falls back to the Kafka timestamp and clamps to the wall
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from collections.abc import Sequence
 from typing import Any
 
-COLUMNS: tuple[str, ...] = (
-    "program_id",
-    "user_id",
-    "program_externalid",
-    "program_name",
-    "pii_consent_required",
-    "user_locations",
-    "organisation_id",
-    "organisation_name",
-    "user_type",
-    "user_sub_type",
-    "created_at",
-    "updated_at",
-)
+from dataflow import schema
+
+# The table's columns in binding order, from its one definition (dataflow/schema.py TABLE).
+COLUMNS: tuple[str, ...] = schema.COLUMNS
 
 UPSERT = "upsert"
 DELETE = "delete"
@@ -72,22 +63,53 @@ class _NotWritten:
 NOT_WRITTEN = _NotWritten()
 
 
+class StaleExtension(ImportError):
+    """The built extension binds an upsert's values to other columns than :data:`COLUMNS`."""
+
+
+_loaded: Any = None
+
+
 def native():
     """The compiled extension (``flatten_rs/``, typed in ``_native.pyi``): the only way in, so
-    callers get one clear error when it is not built."""
-    try:
-        from dataflow.flatten import _native
-    except ImportError:
-        raise ImportError(
-            "the Rust extension (dataflow.flatten._native) is not built; run scripts/install "
-            "or set PUI_ENGINE=python"
-        ) from None
-    return _native
+    callers get one clear error when it is not built, or was built for other columns."""
+    global _loaded
+    if _loaded is None:
+        try:
+            extension = importlib.import_module("dataflow.flatten._native")
+        except ImportError:
+            raise ImportError(
+                "the Rust extension (dataflow.flatten._native) is not built; run "
+                "scripts/install or set PUI_ENGINE=python"
+            ) from None
+        built = tuple(extension.writer_columns())
+        if built != COLUMNS:
+            # It binds values by position: with other columns it would write each value
+            # into the wrong one, so it is never used.
+            raise StaleExtension(
+                "the Rust extension (dataflow.flatten._native) was built for other columns "
+                f"than dataflow/schema.py TABLE ({_difference(built)}): rebuild it with "
+                "scripts/install, after changing flatten_rs/src/writer/row.rs to match, "
+                "or set PUI_ENGINE=python"
+            )
+        _loaded = extension
+    return _loaded
+
+
+def _difference(built: tuple[str, ...]) -> str:
+    for n, (theirs, ours) in enumerate(zip(built, COLUMNS, strict=False)):
+        if theirs != ours:
+            return f"column {n + 1} is {theirs} there, {ours} in TABLE"
+    if len(built) < len(COLUMNS):
+        return f"it lacks {', '.join(COLUMNS[len(built) :])}"
+    return f"it has {', '.join(built[len(COLUMNS) :])} besides"
 
 
 def rust_available() -> bool:
     try:
         return hasattr(native(), "flatten_batch")
+    except StaleExtension:
+        raise  # a broken build is refused, not silently replaced by the slower engine
     except ImportError:
         return False
 
