@@ -55,18 +55,13 @@ from dataflow.flatten import NOT_WRITTEN, engine_function
 from dataflow.kafka_admin import ensure_topics
 from dataflow.produce import publish
 from dataflow.sample_events import generate
-from dataflow.schema import program_enrollment_ddl
+from dataflow.schema import insert_cql, program_enrollment_ddl
 from dataflow.show import topic_sizes
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 PARTITIONS = 4
 PROGRAMS = 20
-COLUMNS = (
-    "program_id, user_id, program_externalid, program_name, pii_consent_required, "
-    "user_locations, organisation_id, organisation_name, user_type, user_sub_type, "
-    "created_at, updated_at"
-)
 
 
 def say(msg: str) -> None:
@@ -160,9 +155,7 @@ def sink_ceilings(settings: config.Settings, rows: list[tuple]) -> dict[str, flo
     session.get_execution_profile(EXEC_PROFILE_DEFAULT).request_timeout = 60
     ks = settings.cassandra_keyspace
     session.execute(program_enrollment_ddl(ks, "ceiling"), timeout=60)
-    insert = session.prepare(
-        f"INSERT INTO {ks}.ceiling ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) USING TIMESTAMP ?"
-    )
+    insert = session.prepare(insert_cql(ks, "ceiling") + " USING TIMESTAMP ?")
     out = {}
     try:
         session.execute(f"TRUNCATE {ks}.ceiling", timeout=60)
