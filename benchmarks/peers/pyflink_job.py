@@ -22,24 +22,19 @@ from pyflink.datastream.connectors.cassandra import CassandraSink
 from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSource
 
 from dataflow.flatten import COLUMNS, NOT_WRITTEN, UPSERT, engine_function
+from dataflow.schema import TABLE
 
-ROW = Types.ROW(
-    [
-        Types.STRING(),  # program_id
-        Types.STRING(),  # user_id
-        Types.STRING(),  # program_externalid
-        Types.STRING(),  # program_name
-        Types.BOOLEAN(),  # pii_consent_required
-        Types.MAP(Types.STRING(), Types.STRING()),  # user_locations
-        Types.STRING(),  # organisation_id
-        Types.STRING(),  # organisation_name
-        Types.STRING(),  # user_type
-        Types.STRING(),  # user_sub_type
-        Types.SQL_TIMESTAMP(),  # created_at, written with toDate()
-        Types.SQL_TIMESTAMP(),  # updated_at, written with toDate()
-        Types.LONG(),  # write timestamp (µs)
-    ]
-)
+# Flink's type for each CQL type of the table; a date travels as a timestamp that the
+# INSERT turns into a date with toDate().
+FLINK_TYPES = {
+    "text": Types.STRING(),
+    "boolean": Types.BOOLEAN(),
+    "map<text,text>": Types.MAP(Types.STRING(), Types.STRING()),
+    "date": Types.SQL_TIMESTAMP(),
+}
+# The table's columns, then the write timestamp (µs).
+ROW = Types.ROW([*(FLINK_TYPES[c.cql_type] for c in TABLE), Types.LONG()])
+DATES = [n for n, c in enumerate(TABLE) if c.cql_type == "date"]
 
 
 def flatten(value: str):
@@ -53,7 +48,7 @@ def flatten(value: str):
         if op != UPSERT:
             continue
         row = [None if v is NOT_WRITTEN else v for v in payload]
-        for i in (10, 11):
+        for i in DATES:
             if isinstance(row[i], dt.date):
                 row[i] = dt.datetime(row[i].year, row[i].month, row[i].day)
         out.append(Row(*row, ts if ts is not None else time.time_ns() // 1000))
@@ -83,10 +78,10 @@ def main() -> None:
     )
     events = env.from_source(source, WatermarkStrategy.no_watermarks(), "kafka")
     rows = events.flat_map(flatten, output_type=ROW)
-    marks = ", ".join("?" for _ in COLUMNS[:10])
+    marks = ", ".join("toDate((timestamp)?)" if c.cql_type == "date" else "?" for c in TABLE)
     query = (
         f"INSERT INTO {args.keyspace}.{args.table} ({', '.join(COLUMNS)}) VALUES "
-        f"({marks}, toDate((timestamp)?), toDate((timestamp)?)) USING TIMESTAMP ?;"
+        f"({marks}) USING TIMESTAMP ?;"
     )
     # Null fields are left unset, as our sink does, instead of writing tombstones.
     sink = CassandraSink.add_sink(rows).set_query(query).set_host(args.cassandra, 9042)
