@@ -608,3 +608,6 @@ fn unescape(s: &str) -> String {
     out.push_str(&s[plain..]);
     out
 }
+
+#[cfg(test)]
+mod tests;

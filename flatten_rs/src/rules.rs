@@ -357,3 +357,6 @@ pub fn flatten_message<'a>(raw: &'a [u8], max_bytes: usize, case: &dyn CaseMap) 
     });
     outcome(parsed, case)
 }
+
+#[cfg(test)]
+mod tests;
