@@ -12,7 +12,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
 
-from dataflow import config
+from dataflow import config, schema
 from dataflow.bootstrap import bootstrap_cassandra
 from dataflow.kafka_admin import ensure_topics
 from dataflow.show import topic_sizes
@@ -92,26 +92,9 @@ def final_counters(stderr: str) -> dict[str, int]:
 def table_rows(session, settings: config.Settings) -> dict[tuple[str, str], dict]:
     """Every row with the write time of each plain column that holds a value."""
     table = f"{settings.cassandra_keyspace}.{settings.cassandra_table}"
-    plain = [
-        "program_externalid",
-        "program_name",
-        "pii_consent_required",
-        "organisation_id",
-        "organisation_name",
-        "user_type",
-        "user_sub_type",
-        "created_at",
-        "updated_at",
-    ]
-    cols = ", ".join(
-        [
-            "program_id",
-            "user_id",
-            "user_locations",
-            *plain,
-            *(f"WRITETIME({c}) AS wt_{c}" for c in plain),
-        ]
-    )
+    # WRITETIME applies to the columns that are neither key nor collection.
+    plain = [c.name for c in schema.TABLE if not c.key and not c.cql_type.startswith("map")]
+    cols = ", ".join([*schema.COLUMNS, *(f"WRITETIME({c}) AS wt_{c}" for c in plain)])
     out = {}
     for row in session.execute(f"SELECT {cols} FROM {table}", timeout=60):
         d = row._asdict()

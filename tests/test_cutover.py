@@ -24,7 +24,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from dataflow import config
+from dataflow import config, schema
 from dataflow.show import cutover_report, is_ours
 from tests.conftest import require_rust
 from tests.streaming_helpers import (
@@ -133,23 +133,14 @@ class Scenario:
             records.append((partition_of(key), json.dumps(ev).encode(), ms(self.first)))
         produce(self.settings, records)
         insert = self.session.prepare(
-            f"INSERT INTO {self.table} (program_id, user_id, program_externalid, program_name, "
-            "pii_consent_required, user_locations, organisation_id, organisation_name, "
-            "user_type, user_sub_type, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            schema.insert_cql(self.settings.cassandra_keyspace, self.settings.cassandra_table)
         )
         stamp = self.session.prepare(
             f"SELECT WRITETIME(program_name) FROM {self.table} WHERE program_id = ? AND user_id = ?"
         )
         for key in SUNBIRD_ROWS:
             r = row(*key, 1, self.first, self.created)
-            values = (
-                *key,
-                *(r[c] for c in ("program_externalid", "program_name", "pii_consent_required")),
-                r["user_locations"],
-                *(r[c] for c in ("organisation_id", "organisation_name", "user_type")),
-                *(r[c] for c in ("user_sub_type", "created_at", "updated_at")),
-            )
+            values = schema.values({"program_id": key[0], "user_id": key[1], **r})
             # A plain INSERT: the driver stamps it with the wall clock in microseconds, as
             # Sunbird's Java driver does. One stamp in a thousand is a whole millisecond, which
             # the check cannot tell from ours: write such a row again, a moment later.
