@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dataflow import settings_table as st
-from dataflow.settings_table import ConfigError, setting
+from dataflow.settings_table import ConfigError, setting, shown
 
 __all__ = ["ConfigError", "Settings", "load", "main"]
 
@@ -62,7 +62,7 @@ def _hosts(name: str, raw: str) -> tuple[str, ...]:
 def _start_offset(name: str, raw: str) -> str:
     value = raw.strip().lower()
     if value not in START_OFFSETS:
-        raise ConfigError(f"{name} must be one of {', '.join(START_OFFSETS)}, not {raw!r}")
+        raise ConfigError(f"{name} must be one of {', '.join(START_OFFSETS)}, not {shown(raw)}")
     return value
 
 
@@ -77,7 +77,7 @@ def _offset_us(name: str, raw: str) -> int:
     """A duration such as ``2h``, ``90m``, ``1d12h``, ``30s``, or an integer of microseconds."""
     text = str(raw).strip().lower()
     if text.startswith("-"):
-        raise ConfigError(f"{name} must not be negative, not {raw!r}")
+        raise ConfigError(f"{name} must not be negative, not {shown(raw)}")
     if re.fullmatch(r"\+?\d{1,19}", text, re.ASCII):
         value = int(text)
     elif text and _DURATION.sub("", text) == "":
@@ -85,10 +85,10 @@ def _offset_us(name: str, raw: str) -> int:
     else:
         raise ConfigError(
             f"{name} must be a duration such as 2h, 90m, 30s or 1d, or an integer of "
-            f"microseconds, not {raw!r}"
+            f"microseconds, not {shown(raw)}"
         )
     if value > MAX_WRITE_TIMESTAMP_OFFSET_US:
-        raise ConfigError(f"{name} must be at most 3650d, not {raw!r}")
+        raise ConfigError(f"{name} must be at most 3650d, not {shown(raw)}")
     return value
 
 
@@ -104,13 +104,14 @@ def _replication(name: str, raw: str) -> str:
     text = raw.strip()
     example = "e.g. {'class': 'SimpleStrategy', 'replication_factor': '1'}"
     if not (text.startswith("{") and text.endswith("}")):
-        raise ConfigError(f"{name} must be a CQL replication map ({example}), not {raw!r}")
+        raise ConfigError(f"{name} must be a CQL replication map ({example}), not {shown(raw)}")
     items: dict[str, str] = {}
     for part in text[1:-1].split(","):
         match = _REPLICATION_ITEM.fullmatch(part)
         if match is None:
             raise ConfigError(
-                f"{name} must be a CQL replication map ({example}): cannot read {part.strip()!r}"
+                f"{name} must be a CQL replication map ({example}): "
+                f"cannot read {shown(part.strip())}"
             )
         items[match.group(1)] = match.group(3) or match.group(2)
     strategy = items.pop("class", "").rsplit(".", 1)[-1]
@@ -123,7 +124,7 @@ def _replication(name: str, raw: str) -> str:
     for key, value in items.items():
         if not value.isdigit() or not 1 <= int(value) <= 100:
             raise ConfigError(
-                f"{name}: {key!r} must be a replica count from 1 to 100, not {value!r}"
+                f"{name}: {key!r} must be a replica count from 1 to 100, not {shown(value)}"
             )
     return text
 
@@ -132,7 +133,7 @@ def _readable_file(name: str, raw: str) -> str | None:
     if not raw:
         return None
     if not os.path.isfile(raw) or not os.access(raw, os.R_OK):
-        raise ConfigError(f"{name} points to {raw!r}, which is not a readable file")
+        raise ConfigError(f"{name} points to {shown(raw)}, which is not a readable file")
     return raw
 
 
@@ -142,7 +143,7 @@ def _ip_address(name: str, raw: str) -> str:
     except ValueError:
         raise ConfigError(
             f"{name} must be an IP address to listen on (0.0.0.0 for all, 127.0.0.1 for this "
-            f"host only), not {raw!r}"
+            f"host only), not {shown(raw)}"
         ) from None
 
 

@@ -207,6 +207,14 @@ def help_lines(rows: Iterable[tuple[str, str, str]], width: int = 100) -> str:
 # --- parsers: each returns a (name, raw) -> value function ------------------------------------
 
 
+def shown(value: object, limit: int = 60) -> str:
+    """A value for an error message: quoted if text, and clipped, since a hostile or mistaken
+    value may be any length."""
+    text = value if isinstance(value, str) else str(value)
+    more = "..." if len(text) > limit else ""
+    return (repr(text[:limit]) if isinstance(value, str) else text[:limit]) + more
+
+
 def text(name: str, raw: str) -> str:
     return raw
 
@@ -221,7 +229,7 @@ def boolean(name: str, raw: str) -> bool:
         return True
     if low in ("0", "false", "no", "off", ""):
         return False
-    raise ConfigError(f"{name} must be true or false, not {raw!r}")
+    raise ConfigError(f"{name} must be true or false, not {shown(raw)}")
 
 
 def integer(low: int, high: int) -> Parser:
@@ -229,9 +237,9 @@ def integer(low: int, high: int) -> Parser:
         try:
             value = int(str(raw).strip())
         except ValueError:
-            raise ConfigError(f"{name} must be an integer, not {raw!r}") from None
+            raise ConfigError(f"{name} must be an integer, not {shown(raw)}") from None
         if not low <= value <= high:
-            raise ConfigError(f"{name} must be between {low} and {high}, not {value}")
+            raise ConfigError(f"{name} must be between {low} and {high}, not {shown(value)}")
         return value
 
     return parse
@@ -245,13 +253,13 @@ def number(low: float, high: float | None = None) -> Parser:
         try:
             value = float(str(raw).strip())
         except ValueError:
-            raise ConfigError(f"{name} must be a number, not {raw!r}") from None
+            raise ConfigError(f"{name} must be a number, not {shown(raw)}") from None
         if not math.isfinite(value):
-            raise ConfigError(f"{name} must be a finite number, not {raw!r}")
+            raise ConfigError(f"{name} must be a finite number, not {shown(raw)}")
         if high is not None and not low <= value <= high:
-            raise ConfigError(f"{name} must be between {low:g} and {high:g}, not {raw}")
+            raise ConfigError(f"{name} must be between {low:g} and {high:g}, not {shown(raw)}")
         if value < low:
-            raise ConfigError(f"{name} must be at least {low}, not {value}")
+            raise ConfigError(f"{name} must be at least {low}, not {shown(value)}")
         return value
 
     return parse
@@ -264,7 +272,7 @@ def choice(options: Iterable[str], case: Callable[[str], str] = str.upper) -> Pa
     def parse(name: str, raw: str) -> str:
         value = case(raw.strip())
         if value not in allowed:
-            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {raw!r}")
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {shown(raw)}")
         return value
 
     return parse
@@ -276,7 +284,7 @@ def matching(pattern: str, what: str) -> Parser:
 
     def parse(name: str, raw: str) -> str:
         if not compiled.fullmatch(raw):
-            raise ConfigError(f"{name} must be {what}, not {raw!r}")
+            raise ConfigError(f"{name} must be {what}, not {shown(raw)}")
         return raw
 
     return parse
