@@ -98,11 +98,13 @@ def main(conf: ExhaustSettings, args) -> int:
         }
         if n % 10 == 9:
             locations = None  # kept in the report with blank location cells
-        enrolments.append(
-            (pid, uid, "PGM-DEMO", "Demo Program", True, locations, "org-demo",
-             "Demo Education Department", "administrator", rng.choice(["HM", "CRP", "BRP"]),
-             today, today)
-        )  # fmt: skip
+        row = {"program_id": pid, "user_id": uid, "program_externalid": "PGM-DEMO",
+               "program_name": "Demo Program", "pii_consent_required": True,
+               "user_locations": locations, "organisation_id": "org-demo",
+               "organisation_name": "Demo Education Department", "user_type": "administrator",
+               "user_sub_type": rng.choice(["HM", "CRP", "BRP"]), "created_at": today,
+               "updated_at": today}  # fmt: skip
+        enrolments.append(schema.values(row))
         roll = rng.random()
         if roll < 0.8:
             status = "ACTIVE" if roll < 0.6 else "REVOKED"
@@ -156,12 +158,7 @@ def _seed(conf: ExhaustSettings, args, enrolments, consents, cached) -> str | No
                 USER_CONSENT_DDL.format(ks=conf.user_keyspace),
             ):
                 session.execute(ddl, timeout=60)
-            insert = session.prepare(
-                f"INSERT INTO {c.cassandra_keyspace}.{c.cassandra_table} (program_id, user_id, "
-                "program_externalid, program_name, pii_consent_required, user_locations, "
-                "organisation_id, organisation_name, user_type, user_sub_type, created_at, "
-                "updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-            )
+            insert = session.prepare(schema.insert_cql(c.cassandra_keyspace, c.cassandra_table))
             give = session.prepare(
                 f"INSERT INTO {conf.user_keyspace}.user_consent (user_id, consumer_id, "
                 "object_id, status, last_updated_on, object_type) VALUES (?,?,?,?,?,'Program')"
