@@ -35,8 +35,8 @@ pub struct InsertValues {
 /// Values of `DELETE FROM t USING TIMESTAMP ? WHERE program_id = ? AND user_id = ?`.
 pub type DeleteValues = (i64, String, String);
 
-/// The column names the insert binds, in order: the Python side checks its own list against
-/// this one at import, so the two can never drift apart silently.
+/// The column names the insert binds, in order. The table's definition is `TABLE` in
+/// dataflow/schema.py: `dataflow.flatten.native()` refuses a build whose list differs from it.
 pub const COLUMNS: [&str; 12] = [
     "program_id",
     "user_id",
