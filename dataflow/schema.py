@@ -92,11 +92,12 @@ def program_enrollment_ddl(
     )
 
 
-def insert_cql(keyspace: str, table: str, columns: Iterable[str] = COLUMNS) -> str:
-    """``INSERT INTO keyspace.table (columns) VALUES (?, …)``; callers append ``USING …``."""
+def insert_cql(keyspace: str, table: str, columns: Iterable[str] | None = None) -> str:
+    """``INSERT INTO keyspace.table (columns) VALUES (?, …)``, by default of every column;
+    callers append ``USING …``."""
     check_identifier(keyspace, "keyspace")
     check_identifier(table, "table")
-    names = tuple(columns)
+    names = COLUMNS if columns is None else tuple(columns)
     unknown = [n for n in names if n not in COLUMNS]
     if unknown:
         raise ValueError(f"{table} has no column {', '.join(map(repr, unknown))}")
