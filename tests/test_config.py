@@ -288,3 +288,34 @@ def test_a_drifted_table_is_found_and_rewritten(tmp_path):
     assert settings_docs.rewrite(text, name, source, rows()) == settings_docs.rewrite(
         (settings_docs.ROOT / "README.md").read_text(), name, source, rows()
     )
+
+
+# Read by scripts, not by the settings classes: (name, a file that reads it).
+SCRIPT_SETTINGS = {
+    "PUI_RECOVERY_PARTS": "k8s/entrypoint.sh",
+    "PUI_CASSANDRA_AUTH": "scripts/services.py",
+}
+
+
+def test_every_setting_the_docs_name_exists():
+    """A renamed or removed setting must not live on in the docs."""
+    from dataflow.exhaust import storage
+
+    known = {*config.ENV_VARS, *exhaust_settings.ENV_VARS}
+    known |= {f"{name}_FILE" for name in storage.SECRETS}  # a mounted Secret's file instead
+    for name, script in SCRIPT_SETTINGS.items():
+        assert name in (settings_docs.ROOT / script).read_text(), (name, script)
+    known |= set(SCRIPT_SETTINGS)
+    for doc in [settings_docs.ROOT / "README.md", *(settings_docs.ROOT / "docs").glob("*.md")]:
+        named = set(re.findall(r"\bPUI_[A-Z0-9_]*[A-Z0-9]\b", doc.read_text()))
+        unknown = {n for n in named - known if not n.startswith(config.KAFKA_CONFIG_PREFIX)}
+        assert not unknown, f"{doc.name} names settings no code reads: {sorted(unknown)}"
+
+
+def test_every_storage_setting_is_in_the_exhaust_docs():
+    """The storage settings keep their own hand-written table (several Sunbird keys each)."""
+    from dataflow.exhaust import storage
+
+    text = (settings_docs.ROOT / "docs" / "exhaust.md").read_text()
+    for name in [*storage.ENV_VARS, *(f"{s}_FILE" for s in storage.SECRETS)]:
+        assert f"`{name}`" in text, name
