@@ -66,13 +66,7 @@ class Setting:
         return f"`{self.var}`", default, meaning
 
 
-def setting(
-    var: str,
-    default: str,
-    parse: Parser,
-    help: str,
-    **options: Any,
-) -> Any:
+def setting(var: str, default: str, parse: Parser, help: str, **options: Any) -> Any:
     """A dataclass field declared by its :class:`Setting`; its default is the parsed text."""
     spec = Setting(var, default, parse, help, **options)
     if spec.derived:
