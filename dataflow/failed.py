@@ -37,13 +37,13 @@ class FailedTopicPublisher:
     """Blocking publisher: ``flush()`` returns only when every message is acknowledged, so an
     epoch is never committed with a rejection that is not on the failed topic."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, producer: Producer | None = None):
         self.topic = settings.failed_topic
         self._settings = settings
-        # Made at the first rejection: librdkafka queues its log lines until the client is
-        # polled, and a producer that never publishes would never be polled, so during a Kafka
-        # outage an idle one would only accumulate them.
-        self._client: Producer | None = None
+        # Made at the first rejection (unless given, as unit tests do): librdkafka queues its
+        # log lines until the client is polled, and a producer that never publishes would never
+        # be polled, so during a Kafka outage an idle one would only accumulate them.
+        self._client: Producer | None = producer
         self._undelivered: list[tuple] = []
 
     @property
