@@ -13,8 +13,9 @@ from pathlib import Path
 
 from dataflow.schema import TABLE
 
-# The fields a report row can carry, by their model-config names.
-PII_FIELDS = ("username", "phone", "email", "consentflag", "consentprovideddate")
+# The fields a report row can carry, by their model-config names. The personal ones are
+# shown only with consent, and left out when no user of the report needs consent.
+PERSONAL_COLUMNS = ("username", "phone", "email", "consentflag", "consentprovideddate")
 # user_id first: a report row holds it before the others (report.py USER).
 ROW_FIELDS = ("user_id", *(c.spelled for c in TABLE if c.report and c.name != "user_id"))
 
@@ -34,8 +35,8 @@ class Layout:
 
     def without_pii(self) -> Layout:
         return Layout(
-            tuple((label, f) for label, f in self.columns if f not in PII_FIELDS),
-            tuple(f for f in self.sort if f not in PII_FIELDS),
+            tuple((label, f) for label, f in self.columns if f not in PERSONAL_COLUMNS),
+            tuple(f for f in self.sort if f not in PERSONAL_COLUMNS),
             self.quoted,
             self.location_keys,
         )
@@ -66,7 +67,7 @@ def load(path: str | None = None) -> Layout:
         if table.get("name") == "program_enrollment":
             locations = list(table.get("user_locations_columns", []))
     field_of = {label: field for field, label in labels.items()}
-    known = set(PII_FIELDS) | set(ROW_FIELDS) | set(locations)
+    known = set(PERSONAL_COLUMNS) | set(ROW_FIELDS) | set(locations)
     columns = []
     for label in order:
         field = field_of.get(label)

@@ -15,7 +15,6 @@ import gc
 import heapq
 import os
 import pickle
-import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,7 +25,8 @@ from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from dataflow.exhaust import crypto
-from dataflow.exhaust.layout import PII_FIELDS, ROW_FIELDS, Layout
+from dataflow.exhaust.layout import PERSONAL_COLUMNS, ROW_FIELDS, Layout
+from dataflow.exhaust.phases import PhaseTimer
 from dataflow.exhaust.sources import Consent
 from dataflow.schema import TABLE
 
@@ -61,8 +61,8 @@ class Counts:
     undecryptable: int = 0
     encrypted: int = 0  # email and phone values that were decrypted, or tried
     runs: int = 0  # sorted runs written to disk (0: the report was sorted in memory)
-    # Wall seconds per phase, for the log line that says where a slow report spent its time.
-    seconds: dict[str, float] = field(default_factory=dict)
+    # Where a slow report spent its time; not a count, so two equal reports compare equal.
+    phases: PhaseTimer = field(default_factory=PhaseTimer, compare=False)
 
 
 # The enrolment columns after user_id in ROW_FIELDS order, as the table names them.
@@ -114,7 +114,7 @@ def consenting(items: list[tuple]) -> list[str]:
 
 
 def personal_cells(items: list[tuple], pii: dict[str, tuple], salt: str, tally) -> list[list[str]]:
-    """The PII_FIELDS cells of each item, in PII_FIELDS order, counting into ``tally``;
+    """The PERSONAL_COLUMNS cells of each item, in PERSONAL_COLUMNS order, counting into ``tally``;
     ``pii`` holds the cached PII of (at least) the items' consenting users.
 
     Every email and phone among them is decrypted in one batch: per-value decryption cost
@@ -197,7 +197,7 @@ class Report:
             self.key = itemgetter(*at) if at else (lambda item: ())
         else:
             person = len(self.fields) + USER
-            at_person = {name: n for n, name in enumerate(PII_FIELDS)}
+            at_person = {name: n for n, name in enumerate(PERSONAL_COLUMNS)}
             picks = [(at_person.get(f), self.at_row.get(f)) for f in layout.sort]
             self.key = lambda item: tuple(
                 item[person][p] if p is not None else item[r] if r is not None else ""
@@ -277,15 +277,8 @@ class Report:
         return items
 
     def _pii(self, user_ids: list[str]) -> dict[str, tuple]:
-        began = time.monotonic()
-        try:
+        with self.counts.phases.waiting("user cache"):
             return self.lookup(user_ids) if user_ids else {}
-        finally:
-            self._waited(began)
-
-    def _waited(self, began: float) -> None:
-        seconds = self.counts.seconds
-        seconds["user cache"] = seconds.get("user cache", 0.0) + time.monotonic() - began
 
     def _spill(self, items: Iterable[tuple]) -> Path:
         path = self.folder / f"run-{self._made:06d}"
@@ -337,9 +330,8 @@ class Report:
             chunk = next(chunks, None)
             asked = ask(chunk) if chunk else None
             while chunk is not None:
-                began = time.monotonic()
-                pii = asked.result() if asked is not None else {}
-                self._waited(began)
+                with self.counts.phases.waiting("user cache"):
+                    pii = asked.result() if asked is not None else {}
                 following = next(chunks, None)
                 asked = ask(following) if following is not None else None
                 yield chunk, pii
@@ -350,7 +342,7 @@ class Report:
         user cache and decrypted just before it is written, so only one chunk's personal data
         is ever held."""
         layout = self.layout if self.any_consent_needed else self.layout.without_pii()
-        at_person = {name: n for n, name in enumerate(PII_FIELDS)}
+        at_person = {name: n for n, name in enumerate(PERSONAL_COLUMNS)}
         # Per column: the value comes from the personal cells, the row or nowhere (blank),
         # quoted or not. Row texts other than the user id repeat across rows, so their
         # rendered cells are remembered instead of rendered again for each of a million rows.

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from dataflow.cassandra_session import connect as cassandra_connect
 from dataflow.cassandra_session import describe as describe_cassandra
 from dataflow.config import ConfigError
 from dataflow.exhaust import archive, filters, job_requests, layout, safe, sources, storage
+from dataflow.exhaust.phases import PhaseTimer
 from dataflow.exhaust.report import IST, Counts, Report
 from dataflow.exhaust.settings import ExhaustSettings
 
@@ -37,9 +38,10 @@ def young_collections_only() -> Iterator[None]:
     """No full collections by Python's cyclic garbage collector while the rows are read.
 
     Reading a program's rows creates millions of objects that stay alive, and every full
-    collection walks all of them: reading 1M rows took 39 s with them and 21 s without.
-    Young collections still free the driver's short-lived cycles. After the read the rows are
-    frozen (``gc.freeze``), so the collector works normally and never walks them again.
+    collection walks all of them, again and again as the read goes on (the cost is in
+    benchmarks/RESULTS.md). Young collections still free the driver's short-lived cycles.
+    After the read the rows are frozen (``gc.freeze``), so the collector works normally and
+    never walks them again.
     """
     thresholds = gc.get_threshold()
     gc.set_threshold(thresholds[0], thresholds[1], 2**31 - 1)
@@ -60,6 +62,62 @@ class StoreUnavailable(ReportFailed):
 
 # Driver errors that mean Cassandra is away, not that the request is wrong.
 CASSANDRA_AWAY = (NoHostAvailable, OperationTimedOut, ReadTimeout, Unavailable)
+# The phases of the request's log line, in the order a report goes through them (the waits
+# for consents and the user cache happen during the read and the write). A cloud store adds
+# "upload".
+PHASES = ("enrolments", "consents", "user cache", "csv", "zip")
+
+
+def _cache_failed(exc: redis.RedisError) -> str:
+    return f"the user cache (Redis) failed: {type(exc).__name__}: {str(exc)[:200]}"
+
+
+@contextmanager
+def read_failures(request_id: str) -> Iterator[None]:
+    """Any failure of the read as one line for the requester, without a traceback."""
+    try:
+        yield
+    except ReportFailed:
+        raise
+    except CASSANDRA_AWAY as exc:
+        raise StoreUnavailable(
+            f"Cassandra stopped answering while the report was read: "
+            f"{type(exc).__name__}: {describe_cassandra(exc)[:200]}"
+        ) from None
+    except redis.RedisError as exc:
+        raise ReportFailed(_cache_failed(exc)) from None
+    except OSError as exc:
+        raise ReportFailed(f"writing the report failed: {exc}") from None
+    except Exception as exc:  # any other driver error becomes one clear line
+        log.debug("request %s failed", safe.shown(request_id), exc_info=True)
+        raise ReportFailed(
+            f"reading the report data failed: {type(exc).__name__}: {str(exc)[:200]}"
+        ) from None
+
+
+@contextmanager
+def write_failures() -> Iterator[None]:
+    """A failure of the CSV or the zip as one line for the requester."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise ReportFailed(_cache_failed(exc)) from None
+    except (OSError, archive.ArchiveError) as exc:
+        raise ReportFailed(f"writing the report failed: {exc}") from None
+
+
+class TimedConsents:
+    """A consent reader whose waits for answers not yet in are the consents phase."""
+
+    def __init__(self, reader: sources.ConsentReader, phases: PhaseTimer) -> None:
+        # Bound once: it is called for every row that needs consent.
+        self.ask = reader.ask
+        self._answers = reader.answers
+        self._phases = phases
+
+    def answers(self) -> dict[str, sources.Consent]:
+        with self._phases.waiting("consents"):
+            return self._answers()
 
 
 @dataclass
@@ -175,11 +233,7 @@ class Worker:
         conn = self.postgres()
         try:
             path, counts = self.build(claim)
-            began = time.monotonic()
-            # A report the portal cannot fetch is a failed request: the upload is part of it.
-            path = self.store.put(path, f"{FOLDER}/{path.name}")
-            if isinstance(self.store, storage.CloudStore):
-                counts.seconds["upload"] = time.monotonic() - began
+            path = self._upload(path, counts.phases)
         except (ReportFailed, filters.BadRequest, storage.StorageError) as exc:
             millis = int((time.monotonic() - start) * 1000)
             job_requests.fail(conn, claim, str(exc), millis)
@@ -205,33 +259,21 @@ class Worker:
             counts.undecryptable,
             f"sorted in {counts.runs} runs on disk" if counts.runs else "sorted in memory",
             path,
-            ", ".join(f"{phase} {sec:.1f} s" for phase, sec in counts.seconds.items()),
+            counts.phases.line(),
         )
         return True
 
-    def build(self, claim: job_requests.Claim):
-        s = self.settings
-        if claim.request_data is None:
-            raise ReportFailed("Not a Valid Request")
-        # Checked before anything is read: a key no unzip tool takes makes a useless report.
-        problem = archive.key_problem(claim.encryption_key, s.security_level, s.zip_encryption)
-        if problem is not None:
-            raise ReportFailed(problem)
-        request = filters.parse(claim.request_data)
-        folder = s.report_store / FOLDER
-        day = dt.datetime.now(IST).strftime("%Y%m%d")
-        name = f"{claim.request_id}_{day}"
-        final = folder / f"{name}.zip"
-        if final.resolve().parent != folder.resolve():
-            # process() refuses unsafe ids; this keeps a future caller from escaping the store.
-            raise ReportFailed(f"refused: the report would leave the report store ({safe.ID_RULE})")
+    def build(self, claim: job_requests.Claim) -> tuple[Path, Counts]:
+        """The request's zip in the report store, and what went into it."""
+        request, final = self._checked(claim)
+        folder = final.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
             # The sorted runs of a large report, the plaintext CSV, and the zip until it is
             # complete live in a folder only this user can enter (mkdtemp makes it 0700),
             # removed whatever happens. It is made inside the store so that the finished zip
             # moves into place by a rename (same file system): no reader sees a partial zip.
-            work = Path(tempfile.mkdtemp(prefix=".building-", dir=s.report_store))
+            work = Path(tempfile.mkdtemp(prefix=".building-", dir=self.settings.report_store))
         except OSError as exc:
             raise ReportFailed(f"writing the report failed: {exc}") from None
         try:
@@ -239,129 +281,118 @@ class Worker:
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def _build_in(self, work: Path, claim: job_requests.Claim, request, final: Path):
+    def _checked(self, claim: job_requests.Claim) -> tuple[filters.Request, Path]:
+        """The parsed request and the path of its zip; a request that cannot give a useful
+        report is refused here, before anything is read."""
         s = self.settings
-        counts = Counts()
-        clock = time.monotonic()
+        if claim.request_data is None:
+            raise ReportFailed("Not a Valid Request")
+        # A key no unzip tool takes makes a useless report.
+        problem = archive.key_problem(claim.encryption_key, s.security_level, s.zip_encryption)
+        if problem is not None:
+            raise ReportFailed(problem)
+        request = filters.parse(claim.request_data)
+        folder = s.report_store / FOLDER
+        day = dt.datetime.now(IST).strftime("%Y%m%d")
+        final = folder / f"{claim.request_id}_{day}.zip"
+        if final.resolve().parent != folder.resolve():
+            # process() refuses unsafe ids; this keeps a future caller from escaping the store.
+            raise ReportFailed(f"refused: the report would leave the report store ({safe.ID_RULE})")
+        return request, final
 
-        def lap(phase: str) -> None:
-            nonlocal clock
-            now = time.monotonic()
-            counts.seconds[phase] = now - clock
-            clock = now
+    def _build_in(
+        self, work: Path, claim: job_requests.Claim, request: filters.Request, final: Path
+    ) -> tuple[Path, Counts]:
+        """The report's steps, each timed as a phase of the request's log line. Consents are
+        read while the partition is read, and the user cache while the partition is read
+        (when the sort needs personal data) or while the CSV is written: the time spent
+        waiting for them is their own phase, not the step's."""
+        counts = Counts(phases=PhaseTimer(*PHASES))
+        phases = counts.phases
+        with phases.step("enrolments"), read_failures(claim.request_id):
+            rows = self._read(request, counts, work)
+        csv_path = work / f"{final.stem}.csv"
+        with phases.step("csv"), write_failures():
+            self._write(rows, csv_path, claim.request_id)
+        with phases.step("zip"), write_failures():
+            self._pack(csv_path, claim.encryption_key, final)
+        # Identical requests share this one file: succeed() gives them all its path.
+        return final, counts
 
-        # Consents are read while the partition is read, and the user cache chunk by chunk
-        # while the CSV is written (or per batch when the sort needs PII); the time spent
-        # waiting for them is reported apart from the phases they happen in.
-        counts.seconds.update({"enrolments": 0.0, "consents": 0.0, "user cache": 0.0})
+    def _read(self, request: filters.Request, counts: Counts, work: Path) -> Report:
+        """The program's rows that pass the request's filters, with their consents, sorted
+        in batches (spilled into ``work`` when there is more than one)."""
+        s = self.settings
+        session = self.cassandra()
+        reader = sources.ConsentReader(
+            session, s.user_keyspace, request.program_id, request.consent
+        )
+        rows = Report(
+            self.layout,
+            consents=TimedConsents(reader, counts.phases),
+            lookup=self.read_cache,
+            salt=s.salt,
+            counts=counts,
+            folder=work,
+            limit=s.sort_rows,
+        )
+        with young_collections_only():
+            for row in sources.enrolments(
+                session, s.cassandra.cassandra_keyspace, s.cassandra.cassandra_table,
+                request.program_id,
+            ):  # fmt: skip
+                if all(p.test(row) for p in request.enrolment):
+                    rows.add(row)
+            rows.finish()
+        # The rows held (a report that fits in one batch) live until the file is written:
+        # later collections need not walk them.
+        gc.freeze()
+        if not rows.rows:
+            raise ReportFailed("No Data Found")
+        return rows
 
-        try:
-            session = self.cassandra()
-            reader = sources.ConsentReader(
-                session, s.user_keyspace, request.program_id, request.consent
-            )
-
-            class Timed:
-                """The wait for consents not yet answered is the consents phase's time."""
-
-                ask = reader.ask
-
-                @staticmethod
-                def answers():
-                    began = time.monotonic()
-                    try:
-                        return reader.answers()
-                    finally:
-                        counts.seconds["consents"] += time.monotonic() - began
-
-            rows = Report(
-                self.layout,
-                consents=Timed(),
-                lookup=self.read_cache,
-                salt=s.salt,
-                counts=counts,
-                folder=work,
-                limit=s.sort_rows,
-            )
-            with young_collections_only():
-                for row in sources.enrolments(
-                    session,
-                    s.cassandra.cassandra_keyspace,
-                    s.cassandra.cassandra_table,
-                    request.program_id,
-                ):
-                    if all(p.test(row) for p in request.enrolment):
-                        rows.add(row)
-                rows.finish()
-            # The rows held (a report that fits in one batch) live until the file is
-            # written: later collections need not walk them.
-            gc.freeze()
-            if not rows.rows:
-                raise ReportFailed("No Data Found")
-            lap("enrolments")
-        except ReportFailed:
-            raise
-        except CASSANDRA_AWAY as exc:
-            raise StoreUnavailable(
-                f"Cassandra stopped answering while the report was read: "
-                f"{type(exc).__name__}: {describe_cassandra(exc)[:200]}"
-            ) from None
-        except redis.RedisError as exc:
-            raise ReportFailed(
-                f"the user cache (Redis) failed: {type(exc).__name__}: {str(exc)[:200]}"
-            ) from None
-        except OSError as exc:
-            raise ReportFailed(f"writing the report failed: {exc}") from None
-        except Exception as exc:  # any other driver error becomes one clear line
-            log.debug("request %s failed", safe.shown(claim.request_id), exc_info=True)
-            raise ReportFailed(
-                f"reading the report data failed: {type(exc).__name__}: {str(exc)[:200]}"
-            ) from None
-        # The enrolments phase is the partition read; consents read meanwhile are their own.
-        counts.seconds["enrolments"] -= counts.seconds["consents"] + counts.seconds["user cache"]
-        cache_before = counts.seconds["user cache"]
+    def _write(self, rows: Report, path: Path, request_id: str) -> None:
+        """The CSV, with a progress bar on a terminal."""
         bar = tqdm(
             total=rows.rows,
             unit="row",
-            desc=safe.shown(claim.request_id, 40),
+            desc=safe.shown(request_id, 40),
             disable=not self.progress,
             mininterval=1,
         )
-        last = [0]
+        shown = 0
 
-        def progress(n: int) -> None:
-            bar.update(n - last[0])
-            last[0] = n
+        def progress(written: int) -> None:
+            nonlocal shown
+            bar.update(written - shown)
+            shown = written
 
         try:
-            csv_path = work / f"{final.stem}.csv"
-            rows.write(csv_path, progress)
-            bar.update(rows.rows - last[0])
-            bar.close()
-            lap("csv")
-            counts.seconds["csv"] -= counts.seconds["user cache"] - cache_before
-            if counts.encrypted and counts.undecryptable == counts.encrypted:
-                raise ReportFailed(
-                    f"none of the {counts.encrypted} encrypted email and phone values of the "
-                    "report decrypted: PUI_ENCRYPTION_SALT is not the salt the user cache was "
-                    "encrypted with (Sunbird's sunbird_encryption_key)"
-                )
-            packed = archive.pack(
-                csv_path, s.security_level, claim.encryption_key, s.zip_encryption
-            )
-            os.chmod(packed, s.report_mode)
-            os.replace(packed, final)
-            lap("zip")
-        except redis.RedisError as exc:
-            raise ReportFailed(
-                f"the user cache (Redis) failed: {type(exc).__name__}: {str(exc)[:200]}"
-            ) from None
-        except (OSError, archive.ArchiveError) as exc:
-            raise ReportFailed(f"writing the report failed: {exc}") from None
+            rows.write(path, progress)
+            bar.update(rows.rows - shown)
         finally:
             bar.close()
-        # Identical requests share this one file: succeed() gives them all its path.
-        return final, counts
+        counts = rows.counts
+        if counts.encrypted and counts.undecryptable == counts.encrypted:
+            raise ReportFailed(
+                f"none of the {counts.encrypted} encrypted email and phone values of the "
+                "report decrypted: PUI_ENCRYPTION_SALT is not the salt the user cache was "
+                "encrypted with (Sunbird's sunbird_encryption_key)"
+            )
+
+    def _pack(self, csv_path: Path, key: str | None, final: Path) -> None:
+        """The CSV zipped with the request's key, moved into place complete."""
+        s = self.settings
+        packed = archive.pack(csv_path, s.security_level, key, s.zip_encryption)
+        os.chmod(packed, s.report_mode)
+        os.replace(packed, final)
+
+    def _upload(self, path: Path, phases: PhaseTimer) -> str:
+        """The report where the portal fetches it. A report the portal cannot fetch is a
+        failed request: the upload is part of it (a phase of its own with a cloud store)."""
+        cloud = isinstance(self.store, storage.CloudStore)
+        with phases.step("upload") if cloud else nullcontext():
+            return self.store.put(path, f"{FOLDER}/{path.name}")
 
     def read_cache(self, user_ids: list[str]) -> dict[str, tuple]:
         """PII from the user cache, waiting up to PUI_STORE_WAIT while Redis is unreachable."""

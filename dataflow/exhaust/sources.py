@@ -27,7 +27,8 @@ ENROLMENT_FIELDS = COLUMNS
 ENROLMENT_SELECT = ", ".join(COLUMNS)
 # What every consent lookup reads; a filter on another column adds that column.
 CONSENT_FIELDS = ("user_id", "object_id", "status", "last_updated_on")
-PII_FIELDS = ("firstname", "lastname", "email", "phone")
+# The hash fields read from the user cache for a consenting user (email and phone encrypted).
+CACHE_FIELDS = ("firstname", "lastname", "email", "phone")
 TUPLES = "pui-exhaust-tuples"
 PAGE = 5000
 # Rows per page of each of the 16 ranges read at once: 16 pages are decoded and held at a time.
@@ -322,7 +323,7 @@ class UserCache:
             replies = None
             if self.scripted:
                 try:
-                    replies = self.script(keys=keys, args=PII_FIELDS)
+                    replies = self.script(keys=keys, args=CACHE_FIELDS)
                 except redis.ResponseError as exc:
                     if not _refused_script(exc):
                         raise
@@ -330,7 +331,7 @@ class UserCache:
             if replies is None:
                 pipe = self.client.pipeline(transaction=False)
                 for key in keys:
-                    pipe.hmget(key, *PII_FIELDS)
+                    pipe.hmget(key, *CACHE_FIELDS)
                 replies = pipe.execute()
             for uid, values in zip(chunk, replies, strict=True):
                 if any(v is not None for v in values):
