@@ -86,3 +86,27 @@ def postgres_dsn() -> str:
 def unique_name() -> str:
     """A short identifier unique to this test run, usable as a topic, keyspace or prefix."""
     return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def make_world(unique_name, cassandra_session, postgres_dsn, redis_url, tmp_path):
+    """Exhaust worlds (tests/exhaust_world.py), each with the given PUI_* settings and its own
+    schema, keyspaces and store; all disposed of afterwards."""
+    from tests.exhaust_world import World  # only the exhaust's tests pay for its imports
+
+    made: list[World] = []
+
+    def make(**env: str) -> World:
+        name = f"{unique_name}_{len(made)}"
+        made.append(World(name, cassandra_session, postgres_dsn, redis_url, tmp_path / name, **env))
+        return made[-1]
+
+    yield make
+    for w in made:
+        w.dispose()
+
+
+@pytest.fixture
+def world(make_world):
+    """One exhaust world with the default settings."""
+    return make_world()

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import io
-import os
 import random
 import re
 import socket
@@ -21,21 +19,13 @@ import uuid
 import zipfile
 from pathlib import Path
 
-import psycopg
 import pytest
-import pyzipper
-import redis
 
-from dataflow import schema
 from dataflow.exhaust import crypto, job_requests, sources
-from dataflow.exhaust import settings as exhaust_settings
 from dataflow.exhaust.__main__ import request_data
-from dataflow.exhaust.runner import Worker
+from tests.exhaust_world import KEY, ROOT, SALT, ids, lines
 
 pytestmark = pytest.mark.services
-ROOT = Path(__file__).resolve().parents[1]
-SALT = "sunbird-test-salt"
-KEY = "report-pass-123"
 HEADER_PII = (
     "User UUID,User Name(On user consent),Mobile number(On user consent),"
     "Email ID(On user consent),Consent Provided,Consent Provided Date,Program Name,Program ID,"
@@ -45,120 +35,6 @@ HEADER_PLAIN = (
     "User UUID,Program Name,Program ID,State,District,Block,Cluster,School Id,School Name,"
     "Usertype,Usersubtype,Org Name"
 )
-CONSENT_DDL = (
-    "CREATE TABLE IF NOT EXISTS {ks}.user_consent (user_id text, consumer_id text, "
-    "object_id text, categories list<text>, consent_data text, consumer_type text, "
-    "created_on timestamp, expiry timestamp, id text, last_updated_on timestamp, "
-    "object_type text, status text, PRIMARY KEY (user_id, consumer_id, object_id))"
-)
-
-
-class World:
-    """One isolated exhaust environment and helpers to fill it."""
-
-    def __init__(self, name, session, postgres_dsn, redis_url, tmp_path, **extra_env):
-        self.name = name
-        self.session = session
-        self.ks = f"ks_{name}"
-        self.uks = f"uk_{name}"
-        session.execute(schema.keyspace_ddl(self.ks))
-        session.execute(schema.program_enrollment_ddl(self.ks))
-        session.execute(schema.keyspace_ddl(self.uks))
-        session.execute(CONSENT_DDL.format(ks=self.uks))
-        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-            conn.execute(f"CREATE SCHEMA {name}")
-        sep = "&" if "?" in postgres_dsn else "?"
-        self.dsn = f"{postgres_dsn}{sep}options=-csearch_path%3D{name}"
-        self.redis_url = redis_url.rsplit("/", 1)[0] + "/5"
-        self.redis = redis.Redis.from_url(self.redis_url)
-        self.cached: set[str] = set()
-        self.store = tmp_path / "reports"
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("PUI_")},
-            "PUI_POSTGRES_DSN": self.dsn,
-            "PUI_REDIS_URL": self.redis_url,
-            "PUI_CASSANDRA_KEYSPACE": self.ks,
-            "PUI_CASSANDRA_CONSISTENCY": "ONE",
-            "PUI_USER_KEYSPACE": self.uks,
-            "PUI_REPORT_STORE": str(self.store),
-            "PUI_ENCRYPTION_SALT": SALT,
-            **extra_env,
-        }
-        self.pg = job_requests.connect(self.dsn, 60)
-        job_requests.init_db(self.pg)
-        self.insert = session.prepare(schema.insert_cql(self.ks, "program_enrollment"))
-        self.consent = session.prepare(
-            f"INSERT INTO {self.uks}.user_consent (user_id, consumer_id, object_id, status, "
-            "last_updated_on, object_type) VALUES (?,?,?,?,?,'Program')"
-        )
-
-    def enrol(self, pid, uid, *, pii, name="Prog One", ext="PGM-1", locations=None, org="Org A",
-              utype="administrator", subtype="HM", updated=dt.date(2023, 6, 1)):  # fmt: skip
-        row = {"program_id": pid, "user_id": uid, "program_externalid": ext, "program_name": name,
-               "pii_consent_required": pii, "user_locations": locations, "organisation_id": "o1",
-               "organisation_name": org, "user_type": utype, "user_sub_type": subtype,
-               "created_at": updated, "updated_at": updated}  # fmt: skip
-        self.session.execute(self.insert, schema.values(row))
-
-    def give_consent(self, uid, pid, status, when, consumer="c1"):
-        self.session.execute(self.consent, (uid, consumer, pid, status, when))
-
-    def cache(self, uid, **fields):
-        self.redis.hset(f"user:{uid}", mapping=fields)
-        self.cached.add(f"user:{uid}")
-
-    def drop(self) -> None:
-        """Remove what the world created besides its keyspaces and schema."""
-        if self.cached:
-            self.redis.delete(*self.cached)
-        self.redis.close()
-
-    def submit(self, rid, data, key=KEY, by="manager-1"):
-        job_requests.submit(self.pg, rid, data, key, by)
-
-    def row(self, rid) -> dict:
-        return self.pg.execute("SELECT * FROM job_request WHERE request_id = %s", (rid,)).fetchone()
-
-    def worker(self) -> Worker:
-        return Worker(exhaust_settings.load(self.env), progress=False)
-
-    def run_once(self) -> tuple[int, int]:
-        worker = self.worker()
-        try:
-            return worker.run_once()
-        finally:
-            worker.close()
-
-    def csv_of(self, rid, password=KEY) -> str:
-        (url,) = self.row(rid)["download_urls"]
-        with pyzipper.AESZipFile(url) as zf:
-            if password:
-                zf.setpassword(password.encode())
-            (name,) = zf.namelist()
-            return zf.read(name).decode("utf-8")
-
-
-@pytest.fixture
-def world(unique_name, cassandra_session, postgres_dsn, redis_url, tmp_path):
-    w = World(unique_name, cassandra_session, postgres_dsn, redis_url, tmp_path)
-    yield w
-    w.pg.close()
-    w.drop()
-    cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {w.ks}")
-    cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {w.uks}")
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {w.name} CASCADE")
-
-
-def ids(n: int) -> list[str]:
-    return sorted(f"{i:02d}-{uuid.uuid4()}" for i in range(n))
-
-
-def lines(text: str) -> list[str]:
-    assert text.endswith("\r\n")
-    return text.split("\r\n")[:-1]
-
-
 LOC_A = {
     "state_name": "Karnataka",
     "district_name": "Bengaluru",
@@ -224,41 +100,24 @@ def test_every_consent_combination_byte_for_byte(world):
     assert lines(world.csv_of("r1")) == expected
 
 
-def test_no_user_needs_consent_drops_five_columns_and_plain_zip(
-    unique_name, cassandra_session, postgres_dsn, redis_url, tmp_path
-):
-    w = World(
-        unique_name,
-        cassandra_session,
-        postgres_dsn,
-        redis_url,
-        tmp_path,
-        PUI_DATA_SECURITY_LEVEL="PLAIN_DATASET",
-    )
-    try:
-        pid = "p-plain"
-        a, b = ids(2)
-        w.enrol(pid, a, pii=False, locations=LOC_B, name='Say "hi", all')
-        w.enrol(pid, b, pii=False, locations=None, name='Say "hi", all')
-        w.give_consent(a, pid, "ACTIVE", dt.datetime(2023, 1, 1))
-        w.submit("r-plain", request_data(pid, []))
-        assert w.run_once() == (1, 0)
-        (url,) = w.row("r-plain")["download_urls"]
-        with zipfile.ZipFile(url) as zf:  # no password needed
-            text = zf.read(zf.namelist()[0]).decode()
-        assert lines(text) == [
-            HEADER_PLAIN,
-            f'{b},"\'Say ""hi"", all\'",PGM-1,,,,,,,administrator,HM,Org A',
-            f'{a},"\'Say ""hi"", all\'",PGM-1,Karnataka,Anekal,North,C1,29002,GHS One,'
-            "administrator,HM,Org A",
-        ]
-    finally:
-        w.pg.close()
-        w.drop()
-        cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {w.ks}")
-        cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {w.uks}")
-        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {w.name} CASCADE")
+def test_no_user_needs_consent_drops_five_columns_and_plain_zip(make_world):
+    w = make_world(PUI_DATA_SECURITY_LEVEL="PLAIN_DATASET")
+    pid = "p-plain"
+    a, b = ids(2)
+    w.enrol(pid, a, pii=False, locations=LOC_B, name='Say "hi", all')
+    w.enrol(pid, b, pii=False, locations=None, name='Say "hi", all')
+    w.give_consent(a, pid, "ACTIVE", dt.datetime(2023, 1, 1))
+    w.submit("r-plain", request_data(pid, []))
+    assert w.run_once() == (1, 0)
+    (url,) = w.row("r-plain")["download_urls"]
+    with zipfile.ZipFile(url) as zf:  # no password needed
+        text = zf.read(zf.namelist()[0]).decode()
+    assert lines(text) == [
+        HEADER_PLAIN,
+        f'{b},"\'Say ""hi"", all\'",PGM-1,,,,,,,administrator,HM,Org A',
+        f'{a},"\'Say ""hi"", all\'",PGM-1,Karnataka,Anekal,North,C1,29002,GHS One,'
+        "administrator,HM,Org A",
+    ]
 
 
 def test_filters_on_district_organisation_and_dates(world):
@@ -442,33 +301,21 @@ def test_zip_opens_with_7z_only_with_the_password(world, tmp_path):
     assert "AES-256" in listing.stdout
 
 
-def test_zipcrypto_option_opens_with_7z(unique_name, cassandra_session, postgres_dsn, redis_url,
-                                        tmp_path):  # fmt: skip
-    w = World(
-        unique_name, cassandra_session, postgres_dsn, redis_url, tmp_path,
-        PUI_ZIP_ENCRYPTION="zipcrypto",
-    )  # fmt: skip
-    try:
-        pid = "p-zc"
-        uid = ids(1)[0]
-        w.enrol(pid, uid, pii=False)
-        w.submit("rz", request_data(pid, []))
-        assert w.run_once() == (1, 0)
-        (url,) = w.row("rz")["download_urls"]
-        listing = subprocess.run(["7z", "l", "-slt", url], capture_output=True, text=True)
-        assert "ZipCrypto" in listing.stdout
-        with zipfile.ZipFile(url) as zf:
-            with pytest.raises(RuntimeError):
-                zf.read(zf.namelist()[0])
-            text = zf.read(zf.namelist()[0], pwd=KEY.encode()).decode()
-        assert text.splitlines()[1].startswith(uid)
-    finally:
-        w.pg.close()
-        w.drop()
-        cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {w.ks}")
-        cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {w.uks}")
-        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {w.name} CASCADE")
+def test_zipcrypto_option_opens_with_7z(make_world):
+    w = make_world(PUI_ZIP_ENCRYPTION="zipcrypto")
+    pid = "p-zc"
+    uid = ids(1)[0]
+    w.enrol(pid, uid, pii=False)
+    w.submit("rz", request_data(pid, []))
+    assert w.run_once() == (1, 0)
+    (url,) = w.row("rz")["download_urls"]
+    listing = subprocess.run(["7z", "l", "-slt", url], capture_output=True, text=True)
+    assert "ZipCrypto" in listing.stdout
+    with zipfile.ZipFile(url) as zf:
+        with pytest.raises(RuntimeError):
+            zf.read(zf.namelist()[0])
+        text = zf.read(zf.namelist()[0], pwd=KEY.encode()).decode()
+    assert text.splitlines()[1].startswith(uid)
 
 
 def test_cli_submit_run_once_and_status(world):
@@ -514,29 +361,6 @@ def test_bad_configuration_names_the_setting(world):
     assert run.returncode == 2
     assert "PUI_DATA_SECURITY_LEVEL" in run.stderr
     assert "Traceback" not in run.stderr
-
-
-def test_crypto_round_trip_and_sunbird_layout():
-    value = "someone.with.a.long.address@example.org" * 3
-    enc = crypto.encrypt(value, SALT)
-    assert all(len(line) <= 76 for line in enc.split("\n"))
-    assert "\n" in enc  # three rounds of growth make it longer than one MIME line
-    assert crypto.decrypt(enc, SALT) == value
-    with pytest.raises(crypto.DecryptError):
-        crypto.decrypt(enc, "another-salt")
-    with pytest.raises(crypto.DecryptError):
-        crypto.decrypt("bm90IGNpcGhlcnRleHQ=", SALT)
-
-
-def test_csv_reading_helper_sees_what_7z_sees():
-    """Guard for the tests above: the zip reader returns the exact bytes written."""
-    buf = io.BytesIO()
-    with pyzipper.AESZipFile(buf, "w", encryption=pyzipper.WZ_AES) as zf:
-        zf.setpassword(b"p")
-        zf.writestr("a.csv", "x,y\r\n")
-    with pyzipper.AESZipFile(io.BytesIO(buf.getvalue())) as zf:
-        zf.setpassword(b"p")
-        assert zf.read("a.csv") == b"x,y\r\n"
 
 
 class Proxy:

@@ -15,77 +15,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from dataflow.config import ConfigError
-from dataflow.exhaust import crypto, safe
-from dataflow.exhaust import settings as exhaust_settings
+from dataflow.exhaust import crypto
 from dataflow.exhaust.__main__ import request_data
-from tests.test_exhaust import KEY, ROOT, SALT, Proxy, World, ids
+from tests.exhaust_world import KEY, ROOT, SALT, World, ids
+from tests.test_exhaust import Proxy
+from tests.test_exhaust_pure import HOSTILE_IDS
 
 pytestmark = pytest.mark.services
-
-
-@pytest.fixture
-def make_world(unique_name, cassandra_session, postgres_dsn, redis_url, tmp_path):
-    """Worlds with extra settings (each its own schema and keyspaces), dropped afterwards."""
-    made: list[World] = []
-
-    def make(**env) -> World:
-        name = f"{unique_name}_{len(made)}"
-        w = World(name, cassandra_session, postgres_dsn, redis_url, tmp_path / name, **env)
-        made.append(w)
-        return w
-
-    yield make
-    for w in made:
-        w.pg.close()
-        w.drop()
-        cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {w.ks}")
-        cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {w.uks}")
-        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {w.name} CASCADE")
-
-
-@pytest.fixture
-def world(make_world) -> World:
-    return make_world()
-
-
-HOSTILE_IDS = [
-    "../../x",
-    "..",
-    "a/b",
-    "/etc/passwd",
-    "a\\b",
-    "..\\..\\x",
-    "x\ny",
-    "x\rINFO forged",
-    "tab\there",
-    ".hidden",
-    "-starts-with-dash",
-    "ok..ok",
-    "é-not-ascii",
-    "a" * (safe.MAX_ID + 1),
-    "",
-    "space in id",
-]
-
-
-@pytest.mark.parametrize("rid", ["a", "A09115FCBEC94CE6ACEB4D9BBFDBCBCF", "r-1_2.3", "x" * 128])
-def test_safe_ids_are_accepted(rid):
-    assert safe.id_problem(rid) is None
-
-
-@pytest.mark.parametrize("rid", [*HOSTILE_IDS, "nul\x00byte", None])
-def test_unsafe_ids_are_refused(rid):
-    problem = safe.id_problem(rid)
-    assert problem is not None and problem.startswith("refused: ")
-    assert "request_id" in problem
-
-
-def test_shown_keeps_a_log_line_one_line():
-    assert safe.shown("a\nb\r\x00\u2028c\\n") == "a\\nb\\r\\x00\\u2028c\\\\n"
-    assert "\n" not in safe.shown("x\n" * 500)
-    assert safe.shown("y" * 300, 10) == "yyyyyyyyyy...(+290 characters)"
 
 
 def test_hostile_request_ids_fail_and_write_nothing_outside_the_store(world, tmp_path):
@@ -205,11 +141,6 @@ def test_report_mode_is_a_setting_and_a_failure_leaves_no_file(make_world):
     wrong.submit("rwrong", request_data(pid, []))
     assert wrong.run_once() == (0, 1)
     assert [p.name for p in store_files(wrong)] == ["program-user-exhaust"]
-
-
-def test_bad_file_mode_setting_stops_the_start():
-    with pytest.raises(ConfigError, match="PUI_REPORT_FILE_MODE"):
-        exhaust_settings.load({"PUI_REPORT_FILE_MODE": "0755"})
 
 
 def test_zipcrypto_password_never_on_a_command_line(make_world, tmp_path):
@@ -504,26 +435,6 @@ def test_submit_filter_values_with_spaces(world):
     assert extra == {"name": "organisation_name", "operator": "=", "value": "Karnataka Education"}
     assert run_cli(world, "run", "--once").returncode == 0
     assert [line.split(",")[0] for line in world.csv_of("rsp").splitlines()[1:]] == [a]
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        (
-            "organisation_name = Karnataka Education",
-            ("organisation_name", "=", "Karnataka Education"),
-        ),
-        ("organisation_name=A  B", ("organisation_name", "=", "A  B")),
-        ("user_locations['district_id'] != d 1", ("user_locations['district_id']", "!=", "d 1")),
-        ("updated_at >= 2023-01-01", ("updated_at", ">=", "2023-01-01")),
-        ("program_name == 'a = b '", ("program_name", "==", "a = b ")),
-    ],
-)
-def test_filter_parsing(text, expected):
-    from dataflow.exhaust.__main__ import parse_filter
-
-    got = parse_filter(text)
-    assert (got["name"], got["operator"], got["value"]) == expected
 
 
 def test_submit_refusals_are_one_line(world):

@@ -1,10 +1,10 @@
 """Reports larger than PUI_REPORT_SORT_ROWS: sorted in runs spilled to the report's private
 folder and merged (issue 18). The spilled report must equal the one sorted in memory, byte for
-byte, and leave no file behind, whether it succeeds or fails."""
+byte, and leave no file behind, whether it succeeds or fails. These run on the real servers;
+the sort on its own is tested in test_exhaust_pure.py."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 import random
@@ -12,78 +12,16 @@ import re
 import uuid
 from pathlib import Path
 
-import psycopg
 import pytest
 from cassandra.concurrent import execute_concurrent_with_args
 
-from dataflow.config import ConfigError
 from dataflow.exhaust import crypto, report
 from dataflow.exhaust import settings as exhaust_settings
 from dataflow.exhaust.__main__ import request_data
 from dataflow.exhaust.runner import Worker
-from tests.test_exhaust import SALT, World
-from tests.test_exhaust_report import world as small_world
-from tests.test_exhaust_report import write
-
-# --- the sort on its own (no servers) -------------------------------------------------------
-
-
-@pytest.mark.parametrize("limit", [1, 7, 13, 60, 10_000])
-@pytest.mark.parametrize("fan_in", [2, 32])
-@pytest.mark.parametrize("person_sort", [False, True])
-def test_spilled_runs_merge_to_the_in_memory_csv(tmp_path, monkeypatch, limit, fan_in, person_sort):
-    rows, consents, pii, _ = small_world(60)
-    if person_sort:
-        rows.layout = dataclasses.replace(rows.layout, sort=("username", "email", "user_id"))
-    whole, counts = write(tmp_path, rows, consents, pii, "whole.csv")
-    assert counts.runs == 0
-    # fan_in 2 with 7-row runs: runs are merged into longer ones before the last merge.
-    monkeypatch.setattr(report, "FAN_IN", fan_in)
-    spilled, spilled_counts = write(tmp_path, rows, consents, pii, "spilled.csv", limit=limit)
-    assert spilled == whole
-    expected_runs = 0 if limit >= 60 else -(-60 // limit)
-    if expected_runs > fan_in:
-        assert spilled_counts.runs > expected_runs  # the intermediate merges wrote runs too
-    else:
-        assert spilled_counts.runs == expected_runs
-    assert dataclasses.replace(spilled_counts, runs=0) == counts
-
-
-@pytest.mark.parametrize(
-    "raw", ["abc", "99", "0", "-5", "1e6", "2.5", "\u0661\u0660\u0660\u0660", "100000001"]
-)
-def test_sort_rows_setting_is_checked(raw):
-    with pytest.raises(ConfigError, match="PUI_REPORT_SORT_ROWS must be a whole number"):
-        exhaust_settings.load({"PUI_REPORT_SORT_ROWS": raw})
-
-
-def test_sort_rows_setting_default_and_value():
-    assert exhaust_settings.load({}).sort_rows == report.SORT_ROWS == 200_000
-    assert exhaust_settings.load({"PUI_REPORT_SORT_ROWS": "300"}).sort_rows == 300
-    assert exhaust_settings.load({"PUI_REPORT_SORT_ROWS": "1_000_000"}).sort_rows == 1_000_000
-
+from tests.exhaust_world import SALT, World
 
 # --- on the real servers ------------------------------------------------------------------
-
-
-@pytest.fixture
-def make_world(unique_name, cassandra_session, postgres_dsn, redis_url, tmp_path):
-    made: list[World] = []
-
-    def make(**env) -> World:
-        name = f"{unique_name}_{len(made)}"
-        w = World(name, cassandra_session, postgres_dsn, redis_url, tmp_path / name, **env)
-        made.append(w)
-        return w
-
-    yield make
-    for w in made:
-        w.pg.close()
-        w.drop()
-        cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {w.ks}")
-        cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {w.uks}")
-        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {w.name} CASCADE")
 
 
 USERS = 3000
@@ -292,21 +230,3 @@ def test_report_reads_are_routed_like_the_connection(make_world):
         assert policy._child_policy.local_dc == "datacenter1"
     finally:
         reader.close()
-
-
-def test_a_full_collection_follows_each_spilled_batch(tmp_path, monkeypatch):
-    """The partition is read with young collections only; cycles that outlive them must not
-    pile up for the whole read (a 1M report peaked at 510 MiB with 20,000-row batches)."""
-    collected: list[int] = []
-    rows, consents, pii, _ = small_world(60)
-    real = report.Report._spill
-
-    def spill(self, items):
-        collected.append(-1)  # a spill, then (below) the collection that must follow it
-        return real(self, items)
-
-    monkeypatch.setattr(report.Report, "_spill", spill)
-    monkeypatch.setattr(report.gc, "collect", lambda *a: collected.append(1) or 0)
-    write(tmp_path, rows, consents, pii, limit=7)
-    # 9 runs: 8 while reading, each followed by a collection; the last one at the end.
-    assert collected == [-1, 1] * 8 + [-1]

@@ -30,7 +30,8 @@ from dataflow.config import ConfigError
 from dataflow.exhaust import storage
 from dataflow.exhaust.__main__ import request_data
 from tests.conftest import _require
-from tests.test_exhaust import HEADER_PLAIN, KEY, LOC_A, ROOT, World, ids, lines
+from tests.exhaust_world import KEY, ROOT, World, ids, lines
+from tests.test_exhaust import HEADER_PLAIN, LOC_A
 
 _spec = importlib.util.spec_from_file_location("pui_services", ROOT / "scripts" / "services.py")
 services = importlib.util.module_from_spec(_spec)
@@ -122,8 +123,6 @@ def kind(request) -> str:
 
 @pytest.fixture
 def cloud_world(kind, unique_name, cassandra_session, postgres_dsn, redis_url, tmp_path):
-    import psycopg
-
     w = World(unique_name, cassandra_session, postgres_dsn, redis_url, tmp_path, **ENVS[kind]())
     w.kind = kind
     w.cloud = cloud_store(w.env)
@@ -131,11 +130,7 @@ def cloud_world(kind, unique_name, cassandra_session, postgres_dsn, redis_url, t
     # Drop what the test stored: its request ids all start with the unique name.
     for key in keys_under(w.cloud, f"ml_reports/program-user-exhaust/{unique_name}"):
         w.cloud.delete(key)
-    w.pg.close()
-    cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {w.ks}")
-    cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {w.uks}")
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {w.name} CASCADE")
+    w.dispose()
 
 
 def cli(world, *args: str) -> subprocess.CompletedProcess:
