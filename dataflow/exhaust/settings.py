@@ -132,14 +132,12 @@ class ExhaustSettings:
         _mode,
         "octal mode of the report zips (no execute bits; the owner must be able to read)",
     )
-    # Seconds a request waits for an unreachable Cassandra or Redis before it gives up.
     store_wait: float = setting(
         "PUI_STORE_WAIT",
         "60",
         st.number(0, 3600),
         "seconds a request waits for an unreachable Cassandra or Redis (0 to 3600)",
     )
-    # Rows a report holds in memory; a larger report is sorted in runs spilled to disk.
     sort_rows: int = setting(
         "PUI_REPORT_SORT_ROWS",
         "200000",
