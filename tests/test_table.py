@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import json
+import logging
 import re
 import sys
 import types
@@ -218,3 +219,23 @@ def test_report_fields_are_defined_columns_and_the_default_layout_loads():
         "a report column needs its label in dataflow/exhaust/default_model.json "
         "(label_mapping and order_of_csv_column), which changes the CSV (spec exhaust.md §3)"
     )
+
+
+def test_the_job_refuses_to_start_with_a_stale_extension(fresh_native, monkeypatch, capsys):
+    import dataflow
+
+    for name in ("PUI_ENGINE", "PUI_FLATTENER", "PUI_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    fresh_native(list(schema.COLUMNS[:-1]))
+    # The start sets up logging before it chooses the engine: put the levels back after.
+    levels = {name: logging.getLogger(name).level for name in ("", "cassandra")}
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            dataflow.__getattr__("flow")
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("program-user-info: cannot start: the Rust extension")
+    assert "Traceback" not in "\n".join(err)
