@@ -123,13 +123,19 @@ class KafkaBatchSource(FixedPartitionedSource):
 
 
 class _KafkaPartition(StatefulSourcePartition):
-    def __init__(self, settings: Settings, partition: int, resume_state: int | None):
+    def __init__(
+        self,
+        settings: Settings,
+        partition: int,
+        resume_state: int | None,
+        consumer: Consumer | None = None,  # unit tests pass a stand-in
+    ):
         self._settings = settings
         self._topic = settings.input_topic
         self._partition = partition
         self._stop_at_end = settings.stop_at_end
         self._batch_size = settings.batch_size
-        self._consumer = Consumer(consumer_config(settings, eof=settings.stop_at_end))
+        self._consumer = consumer or Consumer(consumer_config(settings, eof=settings.stop_at_end))
         start = resume_state if resume_state is not None else self._initial_offset()
         self._next_offset = start
         self._consumer.assign([TopicPartition(self._topic, partition, start)])
