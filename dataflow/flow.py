@@ -35,8 +35,13 @@ def build_flow(settings: config.Settings | None = None) -> Dataflow:
     shutdown.install(settings.stop_timeout)
     metrics.start(settings)
 
+    return wire(settings, KafkaBatchSource(settings))
+
+
+def wire(settings: config.Settings, source) -> Dataflow:
+    """The dataflow's steps from ``source`` (unit tests pass one of bytewax.testing's)."""
     flow = Dataflow("program_user_info")
-    batches = op.input("kafka_in", flow, KafkaBatchSource(settings))
+    batches = op.input("kafka_in", flow, source)
     # The sink is partitioned like the source: a batch is flattened and written by the worker
     # that read it (the engine does both; see dataflow.engines).
     keyed = op.key_on("by_partition", batches, lambda batch: str(batch.partition))
