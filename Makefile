@@ -25,7 +25,7 @@ PURE_TESTS = tests/test_flatten_rules.py tests/test_flatten_differential.py \
 	tests/test_metrics_bulk.py tests/test_write_time.py tests/test_k8s_manifests.py \
 	tests/test_exhaust_crypto.py tests/test_exhaust_pure.py tests/test_readme.py tests/test_table.py \
 	tests/test_unit_cassandra_writer.py tests/test_unit_failed.py tests/test_unit_offsets.py \
-	tests/test_unit_sink.py tests/test_unit_source.py tests/test_unit_flow.py
+	tests/test_unit_sink.py tests/test_unit_source.py tests/test_unit_flow.py tests/test_unit_shutdown.py
 
 check:
 	.venv/bin/ruff check .
