@@ -231,8 +231,8 @@ def test_errors_while_submitting_are_retried_not_blamed_on_the_row(exc):
 
 
 def test_in_flight_requests_never_exceed_the_limit():
-    # Answers come 5 ms later from a timer thread, as from the driver's event loop.
-    session = FakeSession(delay=0.005)
+    # Answers come 20 ms later from a timer thread, as from the driver's event loop.
+    session = FakeSession(delay=0.02)
     w = writer(session, limit=3)
     tickets = [w.submit(rows(session, *[f"p{b}-{i}/u{i}" for i in range(10)])) for b in range(3)]
     finish(w, *tickets)

@@ -211,6 +211,7 @@ def test_event_age_skips_messages_without_a_timestamp(conn):
 
 
 def test_a_worker_shares_one_connection_between_its_partitions(monkeypatch):
+    monkeypatch.setattr(_Connection, "_open", {})
     log: list = []
     monkeypatch.setattr(sink, "open_engine", lambda settings: Engine(log))
     monkeypatch.setattr(sink, "FailedTopicPublisher", lambda settings: Publisher(log))
@@ -223,7 +224,6 @@ def test_a_worker_shares_one_connection_between_its_partitions(monkeypatch):
     second.release()
     assert log == [("engine.close",)]
     assert _Connection.acquire(settings) is not first, "a closed connection is not reused"
-    _Connection._open.clear()
 
 
 def test_the_sink_routes_a_partition_key_to_its_sorted_index(monkeypatch):

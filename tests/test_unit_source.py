@@ -161,10 +161,13 @@ def test_messages_become_one_batch_of_parallel_lists():
 
 def test_nothing_to_read_pauses_the_partition():
     p = part(Consumer([]), resume=5)
+    before = datetime.now(UTC)
     assert p.next_batch() == []
+    after = datetime.now(UTC)
     awake = p.next_awake()
     assert awake is not None
-    assert 0 < (awake - datetime.now(UTC)).total_seconds() <= 0.05
+    assert before + source.IDLE_PAUSE <= awake <= after + source.IDLE_PAUSE
+    assert source.IDLE_PAUSE.total_seconds() == 0.02
     assert p.snapshot() == 5
 
 
