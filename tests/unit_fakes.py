@@ -29,7 +29,7 @@ from confluent_kafka import KafkaError, KafkaException
 from dataflow import schema
 
 # The CQL types of dataflow.schema.TABLE, as the driver's prepared metadata gives them. A
-# column of a new type must be added here: the KeyError says which.
+# column of a new type must be added here (prepared() says which).
 CQL_TYPES = {
     "text": UTF8Type,
     "boolean": BooleanType,
@@ -46,6 +46,9 @@ def prepared(query: str, keyspace: str = "ks", table: str = "program_enrollment"
     """A real driver PreparedStatement for ``query`` (an INSERT or DELETE of the job), built
     without a server from the table definition, so binding checks types as in production."""
     markers: list[tuple[str, type]] = []
+    unknown = [f"{c.name} {c.cql_type}" for c in schema.TABLE if c.cql_type not in CQL_TYPES]
+    if unknown:
+        raise AssertionError(f"add the driver type of {unknown} to tests/unit_fakes.py CQL_TYPES")
     types = {c.name: CQL_TYPES[c.cql_type] for c in schema.TABLE}
     insert = re.search(r"\(([^)]*)\)\s+VALUES", query)
     if insert:
