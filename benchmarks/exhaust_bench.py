@@ -18,12 +18,14 @@ import datetime as dt
 import os
 import random
 import re
+import resource
 import shutil
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 import psycopg
 import redis
@@ -165,8 +167,39 @@ def write_batches(session, stmt, rows, size: int = 100) -> None:
     raise RuntimeError("batches kept timing out")
 
 
-def report(env: dict, rid: str) -> tuple[float, float, str, str]:
-    """Wall seconds and peak RSS of one report process, and its own time per phase."""
+def cassandra_cpu() -> float:
+    """CPU seconds the local Cassandra has used so far (0 when it is not ours to read)."""
+    try:
+        pid = int((ROOT / "var" / "cassandra" / "pid").read_text().strip())
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, ValueError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Run(NamedTuple):
+    """One report process: what it took and what the box was doing meanwhile."""
+
+    wall: float
+    peak_mib: float
+    phases: str
+    sort: str
+    cpu: float  # the report process, user + system
+    cassandra_cpu: float  # the local Cassandra during the report
+    load: float  # 1-minute load average at the end
+
+
+def report(env: dict, rid: str) -> Run:
+    """Wall seconds and peak RSS of one report process, and its own time per phase.
+
+    The CPU columns say where the time went: the report process against Cassandra, which
+    shares the cores; the load average says whether anything else did."""
+    cpu_before, cassandra_before = children_cpu(), cassandra_cpu()
     start = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "dataflow.exhaust", "run", "--once", "--no-progress"],
@@ -184,11 +217,14 @@ def report(env: dict, rid: str) -> tuple[float, float, str, str]:
         raise SystemExit(f"report {rid} failed:\n{err[-2000:]}")
     phases = re.search(r"\((enrolments [^)]*)\)", err)
     sort = re.search(r"sorted in (memory|\d+ runs on disk)", err)
-    return (
+    return Run(
         time.perf_counter() - start,
         peak,
         phases.group(1) if phases else "",
         sort.group(1) if sort else "",
+        children_cpu() - cpu_before,
+        cassandra_cpu() - cassandra_before,
+        os.getloadavg()[0],
     )
 
 
@@ -331,8 +367,8 @@ def main() -> int:
         pg = job_requests.connect(dsn, 60)
         job_requests.init_db(pg)
         print(
-            "| program | users | PUI_REPORT_SORT_ROWS | wall s | peak RSS MiB | sorted | phases |"
-            "\n|---|---|---|---|---|---|---|"
+            "| program | users | PUI_REPORT_SORT_ROWS | wall s | peak RSS MiB | report CPU s "
+            "| Cassandra CPU s | load | sorted | phases |\n" + "|---" * 10 + "|"
         )
         for _ in range(args.runs):
             for limit in args.sort_rows or ["default"]:
@@ -342,10 +378,11 @@ def main() -> int:
                     run_env = dict(env)
                     if limit != "default":
                         run_env["PUI_REPORT_SORT_ROWS"] = limit
-                    secs, peak, phases, sort = report(run_env, rid)
+                    run = report(run_env, rid)
                     print(
-                        f"| {pid} | {users:,} | {limit} | {secs:.1f} | {peak:.0f} | {sort} "
-                        f"| {phases} |",
+                        f"| {pid} | {users:,} | {limit} | {run.wall:.1f} | {run.peak_mib:.0f} "
+                        f"| {run.cpu:.1f} | {run.cassandra_cpu:.1f} | {run.load:.1f} "
+                        f"| {run.sort} | {run.phases} |",
                         flush=True,
                     )
         if args.workers:
