@@ -20,7 +20,7 @@ lint: install
 
 # The edit-test loop: lint and the test modules that need no server (about 20 s). Needs the
 # virtualenv (make install once); `make test` stays the full CI run.
-PURE_TESTS = tests/test_flatten_rules.py tests/test_flatten_differential.py \
+PURE_TESTS = tests/test_exhaust_filters.py tests/test_flatten_rules.py tests/test_flatten_differential.py \
 	tests/test_flatten_cli.py tests/test_config.py tests/test_engines.py \
 	tests/test_metrics_bulk.py tests/test_write_time.py tests/test_k8s_manifests.py \
 	tests/test_exhaust_crypto.py tests/test_exhaust_pure.py tests/test_readme.py tests/test_table.py \

@@ -151,7 +151,7 @@ def test_partition_read_in_ranges_returns_every_row_once(world, monkeypatch):
     worker = world.worker()
     try:
         rows = sources.enrolments(worker.cassandra(), world.ks, "program_enrollment", pid)
-        got = [row["user_id"] for row in rows]
+        got = [row[sources.ENROLMENT_FIELDS.index("user_id")] for row in rows]
     finally:
         worker.close()
     assert sorted(got) == sorted(uids)

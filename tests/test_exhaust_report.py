@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dataflow import schema
 from dataflow.exhaust import crypto, layout, report
 from dataflow.exhaust.sources import Consent
 
@@ -87,7 +88,7 @@ def write(tmp_path, rows, consents, pii, name="r.csv", asked=None, limit=report.
         limit=limit,
     )
     for row in rows.rows:
-        built.add(row)
+        built.add(schema.values(row))
     built.finish()
     built.write(path)
     # Every run is read once and removed as the merge finishes it.

@@ -40,9 +40,18 @@ OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt,
     "<=": operator.le,
 }
+EPOCH = dt.date(1970, 1, 1)
 DEFAULT_FROM = dt.date(1901, 1, 1)
 DEFAULT_TO = dt.date(2101, 1, 1)
 _LOCATION = re.compile(r"^user_locations\[\s*'([A-Za-z0-9_]{1,64})'\s*\]$")
+
+
+def _as_date(value) -> dt.date | None:
+    """A ``cassandra.util.Date`` as a date; None when it is outside Python's range."""
+    try:
+        return value.date()
+    except (ValueError, OverflowError):
+        return None
 
 
 class BadRequest(ValueError):
@@ -58,21 +67,58 @@ class Predicate:
     keep_missing: bool = False
 
     def test(self, row: dict) -> bool:
+        """The test on a row given as a dict of column -> value (a consent row)."""
         if self.key is not None:
-            have = (row.get("user_locations") or {}).get(self.key)
-        else:
-            have = row.get(self.column)
-        if isinstance(have, dt.datetime):
-            have = have.date()
-        elif hasattr(have, "date") and not isinstance(have, dt.date):
-            have = have.date()  # cassandra.util.Date
-        if have is None:
-            # A missing value matches only "!=" (it is not equal to anything given).
-            return self.keep_missing or self.op == "!="
-        try:
-            return OPERATORS[self.op](have, self.value)
-        except TypeError:
-            return False
+            return self.holds((row.get("user_locations") or {}).get(self.key))
+        return self.holds(row.get(self.column))
+
+    def on_columns(self, columns: tuple[str, ...]) -> Callable[[tuple], bool]:
+        """The test on rows given as tuples in ``columns`` order (the enrolment rows: a
+        million of them need no dict each)."""
+        at = columns.index(self.column)
+        holds = self._holds
+        if self.key is not None:
+            key = self.key
+            return lambda row: holds((row[at] or {}).get(key))
+        return lambda row: holds(row[at])
+
+    def holds(self, have: Any) -> bool:
+        """Whether a column's value passes."""
+        return self._holds(have)
+
+    def __post_init__(self) -> None:
+        # Frozen: the per-value test is made once, with what it needs bound to it.
+        object.__setattr__(self, "_holds", self._make_holds())
+
+    def _make_holds(self) -> Callable[[Any], bool]:
+        compare = OPERATORS[self.op]
+        want = self.value
+        want_days = None
+        if isinstance(want, dt.date) and not isinstance(want, dt.datetime):
+            want_days = (want - EPOCH).days
+        # A missing value matches only "!=" (it is not equal to anything given).
+        missing = self.keep_missing or self.op == "!="
+
+        def holds(have: Any) -> bool:
+            if have is None:
+                return missing
+            days = getattr(have, "days_from_epoch", None)  # a Cassandra date
+            if days is not None:
+                if want_days is not None:
+                    # Its day number: no date object per row, and a day outside Python's
+                    # date range compares instead of failing the report.
+                    return compare(days, want_days)
+                have = _as_date(have)
+                if have is None:
+                    return missing
+            elif isinstance(have, dt.datetime):
+                have = have.date()
+            try:
+                return compare(have, want)
+            except TypeError:
+                return False
+
+        return holds
 
 
 @dataclass
@@ -82,6 +128,16 @@ class Request:
     enrolment: list[Predicate] = field(default_factory=list)
     consent: list[Predicate] = field(default_factory=list)
     title: str = ""
+
+    def enrolment_test(self, columns: tuple[str, ...]) -> Callable[[tuple], bool]:
+        """Whether an enrolment row, a tuple in ``columns`` order, passes every filter."""
+        tests = [p.on_columns(columns) for p in self.enrolment]
+        if len(tests) == 1:
+            return tests[0]
+        if len(tests) == 2:  # the default date range alone: no loop per row
+            first, second = tests
+            return lambda row: first(row) and second(row)
+        return lambda row: all(test(row) for test in tests)
 
 
 def _date(text: Any, name: str) -> dt.date:

@@ -28,7 +28,7 @@ from dataflow.exhaust import crypto
 from dataflow.exhaust.layout import PERSONAL_COLUMNS, ROW_FIELDS, Layout
 from dataflow.exhaust.phases import PhaseTimer
 from dataflow.exhaust.sources import Consent
-from dataflow.schema import TABLE
+from dataflow.schema import COLUMNS, TABLE
 
 IST = ZoneInfo("Asia/Kolkata")
 UTC = dt.UTC
@@ -67,6 +67,11 @@ class Counts:
 
 # The enrolment columns after user_id in ROW_FIELDS order, as the table names them.
 SHARED_COLUMNS = tuple(c.name for c in TABLE if c.report and c.name != "user_id")
+# Where add() finds what it keeps in a row as read (a tuple in schema.COLUMNS order).
+_SHARED_AT = itemgetter(*(COLUMNS.index(name) for name in SHARED_COLUMNS))
+_USER_AT = COLUMNS.index("user_id")
+_PII_AT = COLUMNS.index("pii_consent_required")
+_LOCATIONS_AT = COLUMNS.index("user_locations")
 # A row is held as (consent active, consent day, user_id, *SHARED_COLUMNS, *location keys),
 # plus its personal cells at the end when the sort needs them.
 ACTIVE, DAY, USER = 0, 1, 2
@@ -210,7 +215,9 @@ class Report:
         text = value if isinstance(value, str) else str(value)
         return self._texts.setdefault(text, text)
 
-    def add(self, row: dict) -> None:
+    def add(self, row: tuple) -> None:
+        """One enrolment row as read: a tuple in ``schema.COLUMNS`` order, its location map
+        a plain dict (``sources.enrolments``)."""
         # Up to millions of rows: repeated texts are stored once, and this runs once per
         # row, so it avoids a call per field.
         if len(self._batch) >= self.limit:
@@ -222,11 +229,10 @@ class Report:
             # the report. Collected here, when little is alive, they stay bounded.
             gc.collect()
         texts, share = self._texts, self._share
-        locations = row.get("user_locations") or {}
-        values = [row.get(name) for name in SHARED_COLUMNS]
-        values += [locations.get(key) for key in self.layout.location_keys]
-        needs = row.get("pii_consent_required") is True
-        uid = row["user_id"]
+        locations = row[_LOCATIONS_AT] or {}
+        values = [*_SHARED_AT(row), *[locations.get(key) for key in self.layout.location_keys]]
+        needs = row[_PII_AT] is True
+        uid = row[_USER_AT]
         if needs:
             self.consents.ask(uid)  # read while the rest of the batch arrives
         self._batch.append(

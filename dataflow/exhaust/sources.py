@@ -25,6 +25,7 @@ from dataflow.schema import COLUMNS, check_identifier
 
 ENROLMENT_FIELDS = COLUMNS
 ENROLMENT_SELECT = ", ".join(COLUMNS)
+LOCATIONS = COLUMNS.index("user_locations")
 # What every consent lookup reads; a filter on another column adds that column.
 CONSENT_FIELDS = ("user_id", "object_id", "status", "last_updated_on")
 # The hash fields read from the user cache for a consenting user (email and phone encrypted).
@@ -64,8 +65,9 @@ def _user_ranges() -> list[tuple[str, tuple[str, ...]]]:
     return parts
 
 
-def enrolments(session, keyspace: str, table: str, program_id: str) -> Iterator[dict]:
-    """Every row of the program's partition, in no particular order.
+def enrolments(session, keyspace: str, table: str, program_id: str) -> Iterator[tuple]:
+    """Every row of the program's partition, in no particular order, as a tuple in
+    ``ENROLMENT_FIELDS`` order (its location map a plain dict).
 
     The partition is read as 16 clustering ranges at once, one page in flight per range: a
     single paged query left the client waiting on Cassandra for each page in turn. The next
@@ -99,9 +101,7 @@ def enrolments(session, keyspace: str, table: str, program_id: str) -> Iterator[
         else:
             reading -= 1
         for row in rows:
-            out = dict(zip(ENROLMENT_FIELDS, row, strict=True))
-            out["user_locations"] = plain_map(out["user_locations"])
-            yield out
+            yield (*row[:LOCATIONS], plain_map(row[LOCATIONS]), *row[LOCATIONS + 1 :])
 
 
 class Consent(NamedTuple):
