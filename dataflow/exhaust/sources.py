@@ -293,7 +293,7 @@ class ConsentReader:
 
 
 # One round trip and one command per REDIS_CHUNK users: a pipeline of one HMGET per user
-# cost the client 12 µs of packing per user, the script 5 µs, and the client's core is the
+# costs the client more packing than the script (RESULTS.md §3), and the client's core is the
 # one a report is short of. Keys are never built from input: they are the given user ids.
 HMGET_ALL = """
 local out = {}
