@@ -18,7 +18,7 @@ lint: install
 	cargo fmt --check
 	cargo clippy --quiet --all-targets -- -D warnings
 
-# The edit-test loop: lint and the test modules that need no server (about 20 s). Needs the
+# The edit-test loop: lint and the test modules that need no server (about 30 s). Needs the
 # virtualenv (make install once); `make test` stays the full CI run.
 PURE_TESTS = tests/test_exhaust_filters.py tests/test_flatten_rules.py tests/test_flatten_differential.py \
 	tests/test_flatten_cli.py tests/test_config.py tests/test_engines.py \
