@@ -11,13 +11,12 @@ import datetime as dt
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from itertools import pairwise
 from typing import NamedTuple
 
 import redis
 from cassandra.cluster import ExecutionProfile
-from cassandra.concurrent import execute_concurrent_with_args
 from cassandra.query import tuple_factory
 
 from dataflow.exhaust.filters import Predicate
@@ -115,77 +114,14 @@ def _when(value) -> dt.datetime:
     return value if isinstance(value, dt.datetime) else dt.datetime.min
 
 
-def consents(
-    session,
-    user_keyspace: str,
-    program_id: str,
-    user_ids: Iterable[str],
-    predicates: list[Predicate],
-) -> dict[str, Consent]:
-    """user_id -> the consent for this program (from the most recently updated row)."""
-    check_identifier(user_keyspace, "PUI_USER_KEYSPACE")
-    # Only the columns used: decoding rows is most of the client's time here.
-    fields = CONSENT_FIELDS + tuple(
-        dict.fromkeys(p.column for p in predicates if p.column not in CONSENT_FIELDS)
-    )
-    # Many users per request: one round trip per partition costs more than the read itself.
-    stmt = session.prepare(
-        f"SELECT {', '.join(fields)} FROM {user_keyspace}.user_consent WHERE user_id IN ?"
-    )
-    stmt.fetch_size = PAGE
-    found: dict[str, Consent] = {}
-    batch: list[tuple[list[str]]] = []
-
-    def run(args: list[tuple[list[str]]]) -> None:
-        results = execute_concurrent_with_args(
-            session,
-            stmt,
-            args,
-            concurrency=CONCURRENCY,
-            results_generator=True,
-            execution_profile=TUPLES,
-        )
-        for ok, result in results:
-            if not ok:
-                raise result
-            for row in result:
-                consent = dict(zip(fields, row, strict=True))
-                if consent["object_id"] != program_id:
-                    continue
-                if not all(p.test(consent) for p in predicates):
-                    continue
-                uid = consent["user_id"]
-                prev = found.get(uid)
-                when = consent["last_updated_on"]
-                if prev is None or _when(when) > _when(prev.last_updated_on):
-                    active = (consent["status"] or "").lower() == "active"
-                    found[uid] = Consent(active, when)
-
-    group: list[str] = []
-    for uid in user_ids:
-        group.append(uid)
-        if len(group) == USERS_PER_QUERY:
-            batch.append((group,))
-            group = []
-            if len(batch) == 100:
-                run(batch)
-                batch = []
-    if group:
-        batch.append((group,))
-    if batch:
-        run(batch)
-    return found
-
-
 class ConsentReader:
     """The consents of users asked for one at a time, read while the caller goes on.
 
-    ``consents`` waited for all of a report's lookups after the partition was read, though
-    the client was busy only a fifth of that time; here the lookups of a batch are sent as
-    its rows arrive (USERS_PER_QUERY users per query, CONCURRENCY queries in flight), so
-    Cassandra answers them while the client decodes the partition. ``answers`` waits for
-    everything asked so far and hands it over: what is held is bounded by what was asked
-    since the last call.
+    Waiting for all of a report's lookups after the partition was read left the client idle
+    most of that time; here the lookups of a batch are sent as its rows arrive
+    (USERS_PER_QUERY users per query, CONCURRENCY queries in flight), so Cassandra answers
+    them while the client decodes the partition. ``answers`` waits for everything asked so
+    far and hands it over: what is held is bounded by what was asked since the last call.
     """
 
     def __init__(self, session, user_keyspace: str, program_id: str, predicates: list[Predicate]):
