@@ -76,19 +76,16 @@ class Predicate:
         """The test on rows given as tuples in ``columns`` order (the enrolment rows: a
         million of them need no dict each)."""
         at = columns.index(self.column)
-        holds = self._holds
+        holds = self.holds
         if self.key is not None:
             key = self.key
             return lambda row: holds((row[at] or {}).get(key))
         return lambda row: holds(row[at])
 
-    def holds(self, have: Any) -> bool:
-        """Whether a column's value passes."""
-        return self._holds(have)
-
     def __post_init__(self) -> None:
-        # Frozen: the per-value test is made once, with what it needs bound to it.
-        object.__setattr__(self, "_holds", self._make_holds())
+        # ``holds(value)``: whether a column's value passes. Made once per predicate, with what
+        # it needs bound to it (the dataclass is frozen, hence object.__setattr__).
+        object.__setattr__(self, "holds", self._make_holds())
 
     def _make_holds(self) -> Callable[[Any], bool]:
         compare = OPERATORS[self.op]
