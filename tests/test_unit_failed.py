@@ -16,7 +16,7 @@ from dataflow.failed import (
     TRUNCATED_KEEP,
     FailedTopicPublisher,
 )
-from tests.unit_fakes import FakeProducer
+from tests.unit_fakes import FakeProducer, record_sleeps
 
 SETTINGS = config.load({"PUI_ENV": "unit"})
 
@@ -43,13 +43,7 @@ def headers(record: dict) -> dict[str, bytes]:
 @pytest.fixture
 def sleeps(monkeypatch) -> list[float]:
     """The publisher's pauses between re-sends, recorded instead of slept."""
-    slept: list[float] = []
-
-    class Clock:
-        sleep = staticmethod(slept.append)
-
-    monkeypatch.setattr(failed, "time", Clock)
-    return slept
+    return record_sleeps(monkeypatch, failed)
 
 
 def test_a_rejection_is_published_unchanged_with_the_headers_of_the_spec():

@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY
 
 from dataflow import config, source
 from dataflow.source import NO_TIMESTAMP, MessageBatch, _KafkaPartition
+from tests.unit_fakes import record_sleeps
 
 T = "unit.programuser.info"
 CREATE_TIME, NO_TIME = 1, 0  # confluent-kafka's TIMESTAMP_CREATE_TIME / TIMESTAMP_NOT_AVAILABLE
@@ -88,13 +89,7 @@ def part(consumer: Consumer, resume: int | None = None, **env: str) -> _KafkaPar
 
 @pytest.fixture
 def no_sleep(monkeypatch) -> list[float]:
-    slept: list[float] = []
-
-    class Clock:
-        sleep = staticmethod(slept.append)
-
-    monkeypatch.setattr(source, "time", Clock)
-    return slept
+    return record_sleeps(monkeypatch, source)
 
 
 def test_recovery_state_wins_over_the_group():

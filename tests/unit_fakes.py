@@ -42,6 +42,18 @@ CQL_TYPES = {
 HOLD = object()
 
 
+def record_sleeps(monkeypatch, module) -> list[float]:
+    """``module``'s ``time.sleep`` pauses, recorded instead of slept: backoff is asserted
+    without the test waiting for it."""
+    slept: list[float] = []
+
+    class Clock:
+        sleep = staticmethod(slept.append)
+
+    monkeypatch.setattr(module, "time", Clock)
+    return slept
+
+
 def prepared(query: str, keyspace: str = "ks", table: str = "program_enrollment"):
     """A real driver PreparedStatement for ``query`` (an INSERT or DELETE of the job), built
     without a server from the table definition, so binding checks types as in production."""
