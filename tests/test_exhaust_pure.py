@@ -12,6 +12,7 @@ import pyzipper
 import redis
 from cassandra.cluster import NoHostAvailable
 
+from dataflow import schema
 from dataflow.config import ConfigError
 from dataflow.exhaust import archive, crypto, layout, report, safe, sources
 from dataflow.exhaust import settings as exhaust_settings
@@ -317,3 +318,12 @@ def test_personal_columns_are_what_a_report_without_consent_leaves_out():
     assert left == shown - set(layout.PERSONAL_COLUMNS)
     # The user cache's hash fields, in the order the report unpacks them.
     assert sources.CACHE_FIELDS == ("firstname", "lastname", "email", "phone")
+
+
+@pytest.mark.parametrize("names", [(), ("program_name",), ("program_name", "user_type")])
+def test_a_rows_shared_values_come_as_a_tuple_whatever_their_number(names):
+    """A table whose report shows one shared column must not have its text split into
+    characters."""
+    row = schema.values({"program_name": "Prog", "user_type": "teacher"})
+    picked = report._picker(names)(row)
+    assert picked == tuple({"program_name": "Prog", "user_type": "teacher"}[n] for n in names)

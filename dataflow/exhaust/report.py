@@ -67,8 +67,19 @@ class Counts:
 
 # The enrolment columns after user_id in ROW_FIELDS order, as the table names them.
 SHARED_COLUMNS = tuple(c.name for c in TABLE if c.report and c.name != "user_id")
-# Where add() finds what it keeps in a row as read (a tuple in schema.COLUMNS order).
-_SHARED_AT = itemgetter(*(COLUMNS.index(name) for name in SHARED_COLUMNS))
+
+
+def _picker(names: tuple[str, ...]) -> Callable[[tuple], tuple]:
+    """The values of ``names`` in a row as read (a tuple in schema.COLUMNS order), always as a
+    tuple: itemgetter of one index gives the bare value, whose text add() would unpack."""
+    at = [COLUMNS.index(name) for name in names]
+    if len(at) > 1:
+        return itemgetter(*at)
+    return lambda row: tuple(row[i] for i in at)
+
+
+# Where add() finds what it keeps in a row as read.
+_SHARED_AT = _picker(SHARED_COLUMNS)
 _USER_AT = COLUMNS.index("user_id")
 _PII_AT = COLUMNS.index("pii_consent_required")
 _LOCATIONS_AT = COLUMNS.index("user_locations")
