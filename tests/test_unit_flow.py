@@ -13,7 +13,10 @@ from cassandra import InvalidRequest
 from cassandra.query import UNSET_VALUE
 from prometheus_client import REGISTRY
 
-from dataflow import cassandra_session, config, flow, sink
+# Not `from dataflow import flow`: that asks the package for its `flow` attribute, which
+# builds the streaming job (and connects to Kafka) unless dataflow.flow was already imported.
+import dataflow.flow as flow
+from dataflow import cassandra_session, config, sink
 from dataflow.engines import CASSANDRA_REJECTED, PythonEngine, Rejection
 from dataflow.failed import FailedTopicPublisher
 from dataflow.offsets import OffsetCommitter
