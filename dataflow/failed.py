@@ -21,6 +21,7 @@ SOURCE_OFFSET = "source.offset"
 SOURCE_TIMESTAMP = "source.timestamp"
 
 TRUNCATED = "error.value_truncated"
+KEY_TRUNCATED = "error.key_truncated"
 
 MAX_DETAIL = 1000
 # Failed-topic message size we ask for at bootstrap and allow in the producer.
@@ -45,6 +46,9 @@ class FailedTopicPublisher:
         # be polled, so during a Kafka outage an idle one would only accumulate them.
         self._client: Producer | None = producer
         self._undelivered: list[tuple] = []
+        # Refused as too large and made smaller: re-sent at once, as waiting cannot help.
+        self._smaller: list[tuple] = []
+        self._too_small_logged = False
 
     @property
     def _producer(self) -> Producer:
@@ -82,7 +86,7 @@ class FailedTopicPublisher:
                 return
             metrics.KAFKA_ERRORS.labels(err.name()).inc()
             if err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
-                self._undelivered.append(_truncated(*record))
+                self._refused_as_too_large(record)
             else:
                 self._undelivered.append(record)
 
@@ -96,9 +100,33 @@ class FailedTopicPublisher:
             except BufferError:
                 self._producer.poll(0.1)
             except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                err = exc.args[0]
+                if err.code() != KafkaError.MSG_SIZE_TOO_LARGE:
                     raise
-                value, key, headers = record = _truncated(value, key, headers)
+                metrics.KAFKA_ERRORS.labels(err.name()).inc()
+                smaller = _shrunk(*record)
+                if smaller is None:
+                    self._refused_as_too_large(record)
+                    return
+                value, key, headers = record = smaller
+
+    def _refused_as_too_large(self, record: tuple) -> None:
+        """The size refusal is permanent: re-send the record smaller, or, when nothing is left to
+        cut, say once that the topic is misconfigured and keep retrying (never drop it)."""
+        smaller = _shrunk(*record)
+        if smaller is not None:
+            self._smaller.append(smaller)
+            return
+        if not self._too_small_logged:
+            self._too_small_logged = True
+            log.error(
+                "failed topic %s refuses a rejection reduced to its %d bytes of headers "
+                "(no value, no key): its max.message.bytes is too small; retrying until it "
+                "is raised",
+                self.topic,
+                sum(len(name) + len(data) for name, data in record[2]),
+            )
+        self._undelivered.append(record)
 
     def flush(self) -> None:
         """Wait until every published message is acknowledged; re-send failures with backoff."""
@@ -107,9 +135,15 @@ class FailedTopicPublisher:
         attempt = 0
         while True:
             remaining = self._producer.flush(30)
-            if remaining == 0 and not self._undelivered:
+            if remaining == 0 and not self._undelivered and not self._smaller:
+                self._too_small_logged = False  # a later misconfiguration is reported anew
                 return
-            if self._undelivered:
+            if self._smaller:
+                retry, self._smaller = self._smaller, []
+                log.info("re-sending %d message(s) to %s smaller", len(retry), self.topic)
+                for record in retry:
+                    self._produce(*record)
+            elif self._undelivered:
                 retry, self._undelivered = self._undelivered, []
                 attempt += 1
                 log.warning(
@@ -125,8 +159,18 @@ class FailedTopicPublisher:
                 log.warning("%d message(s) for %s still in flight, waiting", remaining, self.topic)
 
 
-def _truncated(value, key, headers) -> tuple:
-    """Keep the start of a value the failed topic cannot hold, and say so in a header, so the
-    rejection is still recorded rather than lost."""
-    size = len(value or b"")
-    return (value or b"")[:TRUNCATED_KEEP], key, [*headers, (TRUNCATED, str(size).encode())]
+def _shrunk(value, key, headers) -> tuple | None:
+    """A smaller form of a record the failed topic refused as too large, or None when only our
+    headers are left. The value is cut to TRUNCATED_KEEP, then halved at each refusal down to
+    nothing, then the key is dropped; a header gives each one's original size, so the rejection
+    is still recorded rather than lost."""
+    names = {name for name, _ in headers}
+    data = value or b""
+    if data:
+        if TRUNCATED not in names:
+            headers = [*headers, (TRUNCATED, str(len(data)).encode())]
+        keep = TRUNCATED_KEEP if len(data) > TRUNCATED_KEEP else len(data) // 2
+        return data[:keep], key, headers
+    if key:
+        return value, None, [*headers, (KEY_TRUNCATED, str(len(key)).encode())]
+    return None

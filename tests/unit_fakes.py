@@ -226,9 +226,10 @@ class FakeProducer:
     """Stands in for confluent_kafka.Producer in the failed-topic publisher.
 
     ``full`` produce calls raise BufferError (librdkafka's queue is full) until a poll makes
-    room; ``too_large`` is the size above which ``produce`` refuses a value at once (librdkafka
-    checks ``message.max.bytes`` itself); ``deliver(record)`` gives each message's delivery
-    error (a KafkaError) or None, reported at the next poll or flush.
+    room; ``too_large`` is the size (:meth:`size`: value, key and headers, as librdkafka counts
+    against ``message.max.bytes``) above which ``produce`` refuses a message at once;
+    ``deliver(record)`` gives each message's delivery error (a KafkaError) or None, reported at
+    the next poll or flush.
     """
 
     def __init__(self, *, full: int = 0, too_large: int | None = None, deliver=lambda m: None):
@@ -244,11 +245,17 @@ class FakeProducer:
     def produce(self, topic, value=None, key=None, headers=None, on_delivery=None):
         if self.full:
             raise BufferError("Local: Queue full")
-        if self.too_large is not None and len(value or b"") > self.too_large:
-            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
         record = {"topic": topic, "value": value, "key": key, "headers": list(headers or [])}
+        if self.too_large is not None and self.size(record) > self.too_large:
+            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
         self.produced.append(record)
         self._reports.append((on_delivery, record, self.deliver(record)))
+
+    @staticmethod
+    def size(record: dict) -> int:
+        """A message's size in bytes: value, key, header names and values."""
+        headers = sum(len(name) + len(data or b"") for name, data in record["headers"])
+        return len(record["value"] or b"") + len(record["key"] or b"") + headers
 
     def poll(self, timeout: float = 0) -> int:
         self.polls.append(timeout)
