@@ -42,21 +42,68 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # --- parsers of this job's settings --------------------------------------------------------------
 
 _env_name = st.matching(r"[A-Za-z0-9_-]{1,64}", "a short name of letters, digits, - or _")
-_topic = st.matching(r"[A-Za-z0-9._-]{1,249}", "a valid Kafka topic name")
+# "." and ".." are the two names of legal characters that Kafka refuses.
+_topic = st.matching(r"(?!\.\.?\Z)[A-Za-z0-9._-]{1,249}", "a valid Kafka topic name")
 _identifier = st.matching(r"[A-Za-z][A-Za-z0-9_]{0,47}", "a plain CQL identifier")
+# Kafka sets no bound on a group id; it is logged and sent with every commit.
+_group_id = st.printable(255, "a consumer group id")
+# Logged, and sent to Cassandra as they are.
+_username = st.maybe(st.printable(256, "a Cassandra user name"))
+_datacenter = st.maybe(st.printable(256, "a datacenter name"))
+
+# librdkafka's names of the security protocols, which it also takes as a broker's prefix.
+KAFKA_PROTOCOLS = ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")
+_BROKERS_EXAMPLE = "e.g. kafka-1:9092,kafka-2:9092"
 
 
 def _brokers(name: str, raw: str) -> str:
-    if not raw.strip():
-        raise ConfigError(f"{name} must list at least one host:port")
-    return raw.strip()
+    """librdkafka's bootstrap.servers: ``[protocol://]host:port``, comma separated. The port is
+    required (librdkafka would silently take 9092) and checked (it would wrap 99999 to 34463);
+    spaces around the commas are dropped, as librdkafka does."""
+    entries = st.address_list(name, raw, "broker")
+    for entry in entries:
+        address = entry
+        if "://" in entry:
+            protocol, address = entry.split("://", 1)
+            if protocol.lower() not in KAFKA_PROTOCOLS:
+                raise ConfigError(
+                    f"{name}: broker {shown(entry)} has the prefix {shown(protocol)}, not one "
+                    f"of {', '.join(p.upper() + '://' for p in KAFKA_PROTOCOLS)}"
+                )
+        host, port = st.split_port(address)
+        try:
+            if port is None:
+                bare = ":" in host and not host.startswith("[")
+                raise st.AddressError(
+                    "is an IPv6 address without brackets, or has no port: write [::1]:9092"
+                    if bare
+                    else f"has no port ({_BROKERS_EXAMPLE})"
+                )
+            st.check_host(host, bare_ipv6=False)
+            st.check_port(port)
+        except st.AddressError as exc:
+            raise ConfigError(f"{name}: broker {shown(entry)} {exc}") from None
+    return ",".join(entries)
+
+
+def _broker_protocols(brokers: str) -> set[str]:
+    return {e.split("://", 1)[0].lower() for e in brokers.split(",") if "://" in e}
 
 
 def _hosts(name: str, raw: str) -> tuple[str, ...]:
-    hosts = tuple(h.strip() for h in str(raw).split(",") if h.strip())
-    if not hosts:
-        raise ConfigError(f"{name} must list at least one host")
-    return hosts
+    """Contact points: names or addresses without a port (both drivers add PUI_CASSANDRA_PORT
+    to each); an IPv6 address with or without brackets, kept without (what the drivers take)."""
+    hosts = []
+    for entry in st.address_list(name, raw, "host"):
+        host, port = st.split_port(entry)
+        try:
+            if port is not None:
+                raise st.AddressError("has a port: give it in PUI_CASSANDRA_PORT, for every host")
+            host = st.check_host(host, bare_ipv6=True)
+        except st.AddressError as exc:
+            raise ConfigError(f"{name}: host {shown(entry)} {exc}") from None
+        hosts.append(host[1:-1] if host.startswith("[") else host)
+    return tuple(hosts)
 
 
 def _start_offset(name: str, raw: str) -> str:
@@ -129,7 +176,7 @@ def _replication(name: str, raw: str) -> str:
     return text
 
 
-def _readable_file(name: str, raw: str) -> str | None:
+def readable_file(name: str, raw: str) -> str | None:
     if not raw:
         return None
     if not os.path.isfile(raw) or not os.access(raw, os.R_OK):
@@ -169,7 +216,8 @@ class Settings:
         "PUI_KAFKA_BROKERS",
         "127.0.0.1:9092",
         _brokers,
-        "bootstrap servers",
+        "bootstrap servers: `host:port`, comma separated (a host name, an IPv4 address or an "
+        "IPv6 one in brackets; a `SASL_SSL://`-style prefix must match the security protocol)",
         hocon="kafka.broker-servers",
     )
     input_topic: str = setting(
@@ -192,8 +240,8 @@ class Settings:
     group_id: str = setting(
         "PUI_GROUP_ID",
         "{env}-programuser-group",
-        st.text,
-        "consumer group that progress is committed to",
+        _group_id,
+        "consumer group that progress is committed to (at most 255 visible ASCII characters)",
         hocon="kafka.groupId",
         derived=True,
     )
@@ -231,7 +279,7 @@ class Settings:
         "PUI_CASSANDRA_HOSTS",
         "127.0.0.1",
         _hosts,
-        "contact points, comma separated",
+        "contact points, comma separated: host names or IP addresses, without the port",
         hocon="ml-cassandra.host",
     )
     cassandra_port: int = setting(
@@ -258,7 +306,7 @@ class Settings:
     cassandra_username: str | None = setting(
         "PUI_CASSANDRA_USERNAME",
         "",
-        st.optional,
+        _username,
         "`PasswordAuthenticator` user, set together with `PUI_CASSANDRA_PASSWORD`",
     )
     cassandra_password: str | None = setting(
@@ -271,7 +319,7 @@ class Settings:
     cassandra_local_dc: str | None = setting(
         "PUI_CASSANDRA_LOCAL_DC",
         "",
-        st.optional,
+        _datacenter,
         "local datacenter for the load-balancing policy",
     )
     # Client TLS (Cassandra's client_encryption_options): the server's certificate is always
@@ -285,20 +333,20 @@ class Settings:
     cassandra_tls_ca_file: str | None = setting(
         "PUI_CASSANDRA_TLS_CA_FILE",
         "",
-        _readable_file,
+        readable_file,
         "PEM CA certificates (default: the system's)",
     )
     cassandra_tls_cert_file: str | None = setting(
         "PUI_CASSANDRA_TLS_CERT_FILE",
         "",
-        _readable_file,
+        readable_file,
         "client certificate (PEM), when the nodes require one; set together with "
         "`PUI_CASSANDRA_TLS_KEY_FILE`",
     )
     cassandra_tls_key_file: str | None = setting(
         "PUI_CASSANDRA_TLS_KEY_FILE",
         "",
-        _readable_file,
+        readable_file,
         "the client certificate's unencrypted key (PEM)",
     )
     cassandra_tls_check_hostname: bool = setting(
@@ -459,6 +507,14 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         for key, value in env.items()
         if key.startswith(KAFKA_CONFIG_PREFIX) and len(key) > len(KAFKA_CONFIG_PREFIX)
     }
+    protocol = values["kafka_extra"].get("security.protocol", "plaintext").strip().lower()
+    other = sorted(_broker_protocols(values["kafka_brokers"]) - {protocol})
+    if other:
+        # librdkafka drops such a broker with a log line, and the job then waits for none.
+        raise ConfigError(
+            f"{blame['kafka_brokers']}: the prefix {other[0].upper()}:// differs from the "
+            f"security protocol {protocol.upper()} (PUI_KAFKA_CONFIG_SECURITY_PROTOCOL)"
+        )
     return Settings(**values)
 
 

@@ -39,6 +39,7 @@ class Setting:
     derived: bool = False  # default is formatted with the settings declared before it
     shown_default: str | None = None  # Markdown of the docs' default cell, when not the text
     mask: Callable[[Any], Any] | None = None  # what describe() prints instead of the value
+    from_file: bool = False  # <var>_FILE, when var is unset, names a file holding the value
 
     @property
     def prefix(self) -> str | None:
@@ -61,6 +62,8 @@ class Setting:
         if self.aliases:
             old = ", ".join(f"`{a}`" for a in self.aliases)
             meaning += f"; {old} is its old name and still works"
+        if self.from_file:
+            meaning += f"; or `{self.var}_FILE`, a file holding it (e.g. a mounted Secret)"
         if self.secret:
             meaning += " (secret: never printed or logged)"
         return f"`{self.var}`", default, meaning
@@ -91,6 +94,11 @@ def variables(cls: Any) -> tuple[str, ...]:
     return tuple(n for _, s in specs(cls) if s.prefix is None for n in (s.var, *s.aliases))
 
 
+def file_variables(cls: Any) -> tuple[str, ...]:
+    """The ``<var>_FILE`` variables read when their setting is unset."""
+    return tuple(f"{s.var}_FILE" for _, s in specs(cls) if s.from_file)
+
+
 def secrets(cls: Any) -> tuple[str, ...]:
     return tuple(s.var for _, s in specs(cls) if s.secret)
 
@@ -113,8 +121,9 @@ def fill_derived(obj: Any) -> None:
 def load_fields(
     cls: Any, env: Mapping[str, str], file_values: Mapping[str, str] | None = None
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """Parse every declared setting of ``cls``: the variable (or an old name) when set and not
-    empty, else the HOCON key from ``file_values``, else the default.
+    """Parse every declared setting of ``cls``: the variable (or an old name, or the file its
+    ``_FILE`` variable names) when set and not empty, else the HOCON key from ``file_values``,
+    else the default.
 
     Returns the values by attribute and, by attribute, the name an error about that value must
     blame (the variable, or ``<hocon key> (in PUI_CONFIG)``)."""
@@ -124,19 +133,40 @@ def load_fields(
     for attr, spec in specs(cls):
         if spec.prefix is not None:
             continue  # the job's own code reads prefixed variables
-        name, raw = spec.var, None
-        for candidate in (spec.var, *spec.aliases):
-            if env.get(candidate, "") != "":
-                name, raw = candidate, env[candidate]
-                break
-        if raw is None and spec.hocon and spec.hocon in file_values:
-            name, raw = f"{spec.hocon} (in PUI_CONFIG)", file_values[spec.hocon]
-        if raw is None:
-            raw = spec.default.format_map(values) if spec.derived else spec.default
+        found = lookup(spec, env)
+        if found is None and spec.hocon and spec.hocon in file_values:
+            found = f"{spec.hocon} (in PUI_CONFIG)", file_values[spec.hocon]
+        if found is None:
+            found = spec.var, spec.default.format_map(values) if spec.derived else spec.default
+        name, raw = found
         assert spec.parse is not None
         values[attr] = spec.parse(name, raw)
         blame[attr] = name
     return values, blame
+
+
+def lookup(spec: Setting, env: Mapping[str, str]) -> tuple[str, str] | None:
+    """(name to blame, raw text) of the variable, an old name or the ``_FILE`` variable, the
+    first one set and not empty; None when the environment leaves the setting unset."""
+    for candidate in (spec.var, *spec.aliases):
+        if env.get(candidate, "") != "":
+            return candidate, env[candidate]
+    file_var = f"{spec.var}_FILE"
+    if spec.from_file and env.get(file_var, "") != "":
+        return file_var, read_value_file(file_var, env[file_var])
+    return None
+
+
+def read_value_file(name: str, path: str) -> str:
+    """The text of the file ``path`` names, without surrounding whitespace (the newline a
+    Secret's file usually ends with)."""
+    from pathlib import Path
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{name}: cannot read {shown(path)} ({type(exc).__name__})") from None
+    return text.strip()
 
 
 def read_hocon(path: str, keys: Iterable[str]) -> dict[str, str]:
@@ -282,3 +312,127 @@ def matching(pattern: str, what: str) -> Parser:
         return raw
 
     return parse
+
+
+def maybe(parse: Parser) -> Parser:
+    """``parse`` for a setting that may be left unset: empty text is None."""
+
+    def parse_or_none(name: str, raw: str) -> Any:
+        return parse(name, raw) if raw else None
+
+    return parse_or_none
+
+
+# C0 and C1 controls and DEL: never part of a name, an address or a path, and in a log line or
+# a terminal they can forge or hide text.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def has_control(text: str) -> bool:
+    return _CONTROL.search(text) is not None
+
+
+def printable(limit: int, what: str) -> Parser:
+    """Text of 1 to ``limit`` visible ASCII characters (no space, no control character): names
+    that are logged and handed to clients, where nothing else is ever needed."""
+    return matching(rf"[\x21-\x7e]{{1,{limit}}}", f"{what} (1 to {limit} visible ASCII characters)")
+
+
+def path_text(limit: int = 4096) -> Parser:
+    """A file or folder name: any text but control characters (a NUL fails every system call
+    later, with a stack trace), at most ``limit`` characters."""
+
+    def parse(name: str, raw: str) -> str:
+        if has_control(raw) or not 0 < len(raw) <= limit:
+            raise ConfigError(
+                f"{name} must be a path of 1 to {limit} characters without control "
+                f"characters, not {shown(raw)}"
+            )
+        return raw
+
+    return parse
+
+
+# --- network addresses -------------------------------------------------------------------------
+
+# A DNS label as resolvers take it: letters, digits, hyphens inside, and the underscores of
+# Docker and Compose service names.
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?", re.ASCII)
+_DOTTED = re.compile(r"[0-9.]+", re.ASCII)
+MAX_HOSTS = 100
+
+
+class AddressError(ValueError):
+    """Why one entry of a host list is refused: completes "<entry> ..."."""
+
+
+def check_host(host: str, *, bare_ipv6: bool) -> str:
+    """``host`` as given: a DNS name, an IPv4 address, an IPv6 address in brackets, or (with
+    ``bare_ipv6``) without them."""
+    import ipaddress
+
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise AddressError("is not an IPv6 address in brackets") from None
+        return host
+    if ":" in host:
+        if bare_ipv6:
+            try:
+                ipaddress.IPv6Address(host)
+                return host
+            except ValueError:
+                pass
+        raise AddressError("is not a host name, an IPv4 address or an IPv6 address in brackets")
+    if _DOTTED.fullmatch(host):
+        # All digits and dots is an IPv4 address, never a name: 10.0.0.300 is a typo.
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise AddressError("is not an IPv4 address") from None
+        return host
+    if len(host) > 253 or not _HOSTNAME.fullmatch(host):
+        raise AddressError("is not a host name (letters, digits, '-', '_' and '.')")
+    return host
+
+
+def check_port(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
+        # librdkafka would wrap 99999 to 34463 and read "abc" as port 0, without a word.
+        raise AddressError(f"has port {text!r}, not a number from 1 to 65535")
+    return int(text)
+
+
+def split_port(entry: str) -> tuple[str, str | None]:
+    """(host, port text or None) of ``host``, ``host:port``, ``[v6]`` or ``[v6]:port``; a
+    text with two or more colons outside brackets is all host (a bare IPv6 address)."""
+    if entry.startswith("["):
+        close = entry.find("]")
+        if close > 0 and entry[close + 1 :].startswith(":"):
+            return entry[: close + 1], entry[close + 2 :]
+        return entry, None
+    if entry.count(":") == 1:
+        host, port = entry.split(":")
+        return host, port
+    return entry, None
+
+
+def address_list(name: str, raw: str, what: str) -> list[str]:
+    """The stripped, non-empty entries of a comma-separated list, or a ConfigError: no control
+    character anywhere, no empty entry, no space inside one, at most MAX_HOSTS."""
+    text = raw.strip()  # a YAML block scalar ends with a newline
+    if not text:
+        raise ConfigError(f"{name} must list at least one {what}")
+    if has_control(text):
+        raise ConfigError(f"{name} must not contain control characters, not {shown(raw)}")
+    entries = [e.strip(" ") for e in text.split(",")]
+    if len(entries) > MAX_HOSTS:
+        raise ConfigError(f"{name} must list at most {MAX_HOSTS} entries, not {len(entries)}")
+    for entry in entries:
+        if not entry:
+            raise ConfigError(f"{name} has an empty entry (two commas, or one at an end)")
+        if any(c.isspace() for c in entry):
+            raise ConfigError(f"{name}: {what} {shown(entry)} contains a space")
+    return entries

@@ -9,6 +9,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 
 from dataflow import config, settings_docs
 from dataflow import settings_table as st
@@ -141,7 +143,8 @@ def test_replication_maps_cassandra_accepts_pass(replication):
 
 STREAMING = st.specs(config.Settings)
 EXHAUST = st.specs(exhaust_settings.ExhaustSettings)
-ALL_SPECS = [*STREAMING, *EXHAUST]
+STORAGE = st.specs(exhaust_settings.StorageSettings)
+ALL_SPECS = [*STREAMING, *EXHAUST, *STORAGE]
 
 
 def _ids(specs):
@@ -161,6 +164,7 @@ def test_every_entry_is_complete_and_its_default_parses(attr, spec):
     if spec.prefix is not None:
         return
     cls = config.Settings if (attr, spec) in STREAMING else exhaust_settings.ExhaustSettings
+    cls = exhaust_settings.StorageSettings if (attr, spec) in STORAGE else cls
     default = {f.name: f for f in dataclasses.fields(cls)}[attr].default
     if spec.derived:
         assert "{" in spec.default and default == ""  # filled in from the settings before it
@@ -173,17 +177,15 @@ def test_variable_names_are_unique_across_both_jobs():
     assert len(names) == len(set(names))
 
 
-@pytest.mark.parametrize(
-    "name", [*config.ENV_VARS[1:], *st.variables(exhaust_settings.ExhaustSettings)]
-)
+@pytest.mark.parametrize("name", [*config.ENV_VARS[1:], *exhaust_settings.ENV_VARS])
 def test_an_empty_variable_means_the_default(name):
     """As a ConfigMap that lists every setting has it; before, PUI_BATCH_SIZE="" was refused."""
     assert config.load({name: ""}) == config.load({})
     assert exhaust_settings.load({name: ""}) == exhaust_settings.load({})
 
 
-# Parsers that take any text (the servers' names are checked by the clients that connect).
-_ANY_TEXT = {"text", "optional", "_path", "_brokers", "_hosts"}
+# Parsers that take any text: secrets, and a path (whose characters the system checks).
+_ANY_TEXT = {"text", "optional", "_path", "_secret"}
 REFUSING = [
     name
     for _, spec in ALL_SPECS
@@ -299,10 +301,8 @@ SCRIPT_SETTINGS = {
 
 def test_every_setting_the_docs_name_exists():
     """A renamed or removed setting must not live on in the docs."""
-    from dataflow.exhaust import storage
-
     known = {*config.ENV_VARS, *exhaust_settings.ENV_VARS}
-    known |= {f"{name}_FILE" for name in storage.SECRETS}  # a mounted Secret's file instead
+    known |= set(exhaust_settings.FILE_VARS)  # a mounted Secret's file instead
     for name, script in SCRIPT_SETTINGS.items():
         assert name in (settings_docs.ROOT / script).read_text(), (name, script)
     known |= set(SCRIPT_SETTINGS)
@@ -312,10 +312,339 @@ def test_every_setting_the_docs_name_exists():
         assert not unknown, f"{doc.name} names settings no code reads: {sorted(unknown)}"
 
 
-def test_every_storage_setting_is_in_the_exhaust_docs():
-    """The storage settings keep their own hand-written table (several Sunbird keys each)."""
+def test_every_storage_setting_is_in_the_exhaust_table_and_help(capsys):
+    """They were read by storage.py alone, listed in a hand-written table and nowhere else."""
+    text = (settings_docs.ROOT / "docs" / "exhaust.md").read_text()
+    begin = text.index("<!-- exhaust settings")
+    table = text[begin : text.index("<!-- end of the exhaust settings", begin)]
+    help_text = st.help_lines(exhaust_settings.doc_rows())
+    names = [*st.variables(exhaust_settings.StorageSettings), *exhaust_settings.FILE_VARS]
+    assert len(names) == 11
+    for name in names:
+        assert f"`{name}`" in table, name
+        assert name in help_text, name
+    assert set(exhaust_settings.SECRETS) >= {"PUI_STORAGE_KEY", "PUI_STORAGE_SECRET"}
+
+
+# --- addresses, names and the other free-text settings ------------------------------------------
+
+
+def _refused(name: str, value: str, environ: dict | None = None) -> str:
+    """The one-line message that refuses ``value`` for the setting ``name``."""
+    env = {**(environ or {}), name: value}
+    load = exhaust_settings.load if name in exhaust_settings.ENV_VARS else config.load
+    with pytest.raises(ConfigError) as info:
+        load(env)
+    message = str(info.value)
+    assert name in message and "\n" not in message and len(message) < 300, message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("written", "loaded"),
+    [
+        ("kafka:9092", "kafka:9092"),
+        ("10.0.0.5:9092,10.0.0.6:9092", "10.0.0.5:9092,10.0.0.6:9092"),
+        # Spaces around the commas: librdkafka drops them, and so do we.
+        ("kafka-0:9092, kafka-1:9092 ,kafka-2:9092", "kafka-0:9092,kafka-1:9092,kafka-2:9092"),
+        ("kafka.kafka.svc.cluster.local.:9092", "kafka.kafka.svc.cluster.local.:9092"),
+        ("b-1.msk_cluster.kafka.ap-south-1.amazonaws.com:9094", None),
+        ("[::1]:9092,[fd00::5]:19092", None),
+        ("kafka:9092\n", "kafka:9092"),  # a YAML block scalar's newline
+        ("PLAINTEXT://kafka:9092", None),
+        ("plaintext://a:1,b:65535", None),
+    ],
+)
+def test_broker_lists_real_deployments_write_load(written, loaded):
+    assert config.load({"PUI_KAFKA_BROKERS": written}).kafka_brokers == (loaded or written)
+
+
+def test_a_broker_prefix_matches_the_security_protocol():
+    """librdkafka drops a broker whose prefix differs from security.protocol, with a log line
+    only: the job then waited for no broker at all."""
+    env = {"PUI_KAFKA_BROKERS": "SASL_SSL://k1:9093,sasl_ssl://k2:9093"}
+    env["PUI_KAFKA_CONFIG_SECURITY_PROTOCOL"] = "SASL_SSL"
+    assert config.load(env).kafka_brokers == "SASL_SSL://k1:9093,sasl_ssl://k2:9093"
+    message = _refused("PUI_KAFKA_BROKERS", "SSL://k1:9093")
+    assert "SSL://" in message and "PLAINTEXT" in message
+    env["PUI_KAFKA_CONFIG_SECURITY_PROTOCOL"] = "SSL"
+    assert "SASL_SSL://" in _refused("PUI_KAFKA_BROKERS", env.pop("PUI_KAFKA_BROKERS"), env)
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("kafka", "has no port"),  # librdkafka would quietly take 9092
+        ("kafka:", "port ''"),
+        ("kafka:0", "port '0'"),
+        ("kafka:99999", "port '99999'"),  # librdkafka wraps it to 34463
+        ("kafka:90a", "port '90a'"),
+        ("kafka:+92", "port '+92'"),
+        ("kafka:\u0669\u0660", "not a number"),
+        ("a:1,,b:2", "empty entry"),
+        ("a:1,", "empty entry"),
+        (",a:1", "empty entry"),
+        (" , ", "empty entry"),
+        ("kafka 1:9092", "contains a space"),
+        ("kafka:\u00a09092", "contains a space"),
+        ("kafka:9092\x00", "control characters"),
+        ("k1:9092\nk2:9092", "control characters"),
+        ("kafka\x1b[2J:9092", "control characters"),
+        ("::1:9092", "IPv6 address without brackets"),
+        ("[::g]:9092", "IPv6"),
+        ("[::1]", "has no port"),
+        ("10.0.0.300:9092", "not an IPv4 address"),
+        ("-kafka:9092", "not a host name"),
+        ("kafka..local:9092", "not a host name"),
+        ("k\u00e4fka:9092", "not a host name"),
+        ("kafka;rm -rf:9092", "contains a space"),
+        ("kafka;x:9092", "not a host name"),
+        ("http://kafka:9092", "prefix 'http'"),
+        ("SASL://kafka:9092", "prefix 'SASL'"),  # librdkafka: unsupported protocol
+        ("a:1," * 100 + "a:1", "at most 100"),
+        ("x" * 300 + ":9092", "not a host name"),
+    ],
+)
+def test_bad_broker_lists_are_refused_in_one_line(value, words):
+    message = _refused("PUI_KAFKA_BROKERS", value)
+    assert words in message
+    assert "\x00" not in message and "\x1b" not in message and "\n" not in message
+
+
+def test_a_refused_value_is_quoted_and_cut_to_60_characters():
+    value = "kafka-" + "x" * 200 + ":9092"
+    message = _refused("PUI_KAFKA_BROKERS", value)
+    assert repr(value[:60]) + "..." in message and value not in message
+
+
+_label = hs.from_regex(r"[a-z0-9_](?:[a-z0-9_-]{0,14}[a-z0-9_])?", fullmatch=True)
+_hostname = hs.lists(_label, min_size=1, max_size=4).map(".".join)
+# All digits and dots would be read as an IPv4 address.
+_hostname = _hostname.filter(lambda h: not re.fullmatch(r"[0-9.]+", h))
+_host = hs.one_of(
+    _hostname,
+    hs.ip_addresses(v=4).map(str),
+    hs.ip_addresses(v=6).map(lambda a: f"[{a}]"),
+)
+_broker = hs.builds(lambda h, p: f"{h}:{p}", _host, hs.integers(1, 65535))
+_brokers = hs.lists(_broker, min_size=1, max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_brokers, hs.lists(hs.sampled_from(["", " ", "  "]), min_size=12, max_size=12))
+def test_every_valid_broker_list_loads_and_round_trips(brokers, pads):
+    written = ",".join(f"{pads[i]}{b}{pads[-i - 1]}" for i, b in enumerate(brokers))
+    loaded = config.load({"PUI_KAFKA_BROKERS": written}).kafka_brokers
+    assert loaded == ",".join(brokers)
+    assert config.load({"PUI_KAFKA_BROKERS": loaded}).kafka_brokers == loaded
+
+
+_SPOILERS = {
+    "no port": lambda b: b.rsplit(":", 1)[0],
+    "port 0": lambda b: b.rsplit(":", 1)[0] + ":0",
+    "port too big": lambda b: b.rsplit(":", 1)[0] + ":65536",
+    "space inside": lambda b: (
+        b.replace(":", " :", 1) if not b.startswith("[") else b[:2] + " " + b[2:]
+    ),
+    "control": lambda b: b[:1] + "\t" + b[1:],
+    "empty": lambda b: "",
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(_brokers, hs.integers(0, 5), hs.sampled_from(sorted(_SPOILERS)))
+def test_a_list_with_one_bad_broker_is_refused(brokers, at, spoil):
+    brokers[at % len(brokers)] = _SPOILERS[spoil](brokers[at % len(brokers)])
+    written = ",".join(brokers)
+    if not written.strip():
+        return  # the empty variable is the default
+    _refused("PUI_KAFKA_BROKERS", written)
+
+
+@pytest.mark.parametrize(
+    ("written", "loaded"),
+    [
+        ("cassandra", ("cassandra",)),
+        ("10.0.0.7, 10.0.0.8,10.0.0.9", ("10.0.0.7", "10.0.0.8", "10.0.0.9")),
+        ("cassandra-0.cassandra.db.svc.cluster.local", None),
+        ("::1", ("::1",)),  # what cassandra-driver takes
+        ("[fd00::7]", ("fd00::7",)),
+        ("cassandra\n", ("cassandra",)),
+    ],
+)
+def test_cassandra_hosts_deployments_write_load(written, loaded):
+    assert config.load({"PUI_CASSANDRA_HOSTS": written}).cassandra_hosts == (loaded or (written,))
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        # Both engines add PUI_CASSANDRA_PORT to each host: "a:9042" became "a:9042:9042".
+        ("cassandra:9042", "has a port: give it in PUI_CASSANDRA_PORT"),
+        ("[::1]:9042", "has a port"),
+        ("a,,b", "empty entry"),
+        ("a,", "empty entry"),
+        ("cass andra", "contains a space"),
+        ("cassandra\x00", "control characters"),
+        ("10.0.0.256", "not an IPv4 address"),
+        ("cass'andra", "not a host name"),
+        ("::g", "not a host name"),
+    ],
+)
+def test_bad_cassandra_hosts_are_refused_in_one_line(value, words):
+    assert words in _refused("PUI_CASSANDRA_HOSTS", value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(hs.lists(hs.one_of(_hostname, hs.ip_addresses().map(str)), min_size=1, max_size=6))
+def test_every_valid_cassandra_host_list_loads_and_round_trips(hosts):
+    loaded = config.load({"PUI_CASSANDRA_HOSTS": " , ".join(hosts)}).cassandra_hosts
+    assert loaded == tuple(hosts)
+    assert config.load({"PUI_CASSANDRA_HOSTS": ",".join(loaded)}).cassandra_hosts == loaded
+
+
+@pytest.mark.parametrize("group", ["dev-programuser-group", "ml.program_user.info:v2", "g" * 255])
+def test_group_ids_deployments_write_load(group):
+    assert config.load({"PUI_GROUP_ID": group}).group_id == group
+
+
+@pytest.mark.parametrize(
+    "group",
+    [" group", "my group", "group\n", "gr\x00oup", "gr\x1b[2Joup", "gr\u00fcppe", "g" * 256],
+)
+def test_bad_group_ids_are_refused(group):
+    """The group id is logged and sent with every commit: it was any text, newlines included."""
+    assert "consumer group id" in _refused("PUI_GROUP_ID", group)
+
+
+def test_a_bad_group_id_in_the_hocon_file_names_its_key(tmp_path):
+    conf = tmp_path / "c.conf"
+    conf.write_text('kafka { groupId = "dev group" }')
+    with pytest.raises(ConfigError, match=r"^kafka.groupId \(in PUI_CONFIG\) must be"):
+        config.load({"PUI_CONFIG": str(conf)})
+
+
+@pytest.mark.parametrize("topic", [".", ".."])
+def test_the_two_topic_names_kafka_refuses_are_refused(topic):
+    _refused("PUI_INPUT_TOPIC", topic)
+    _refused("PUI_FAILED_TOPIC", topic)
+
+
+# Secrets and what holds one: any text there may be right, and it is never shown.
+_FREE = {
+    "PUI_CASSANDRA_PASSWORD",
+    "PUI_ENCRYPTION_SALT",
+    "PUI_STORAGE_SECRET",
+}
+
+
+@pytest.mark.parametrize(
+    "name", [n for _, spec in ALL_SPECS if spec.parse for n in (spec.var,) if n not in _FREE]
+)
+@pytest.mark.parametrize("control", ["\x00", "\n", "\x1b[2J", "\x85"])
+def test_every_non_secret_setting_refuses_control_characters(name, control):
+    """Before, a NUL in PUI_REPORT_STORE failed later with a stack trace, and the group id,
+    user name, datacenter, hosts and brokers took newlines and terminal escapes into the log."""
+    environ = {"PUI_CASSANDRA_PASSWORD": "pw"} if name == "PUI_CASSANDRA_USERNAME" else {}
+    message = _refused(name, f"a{control}b", environ)
+    assert control not in message
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "secret"),
+    [
+        ("PUI_POSTGRES_DSN", "postgresql://pui:Hunter2-pw@db:5432/pui\n", "Hunter2-pw"),
+        ("PUI_POSTGRES_DSN", "host=db password=Hunter2-pw oops", "Hunter2-pw"),
+        ("PUI_POSTGRES_DSN", "postgresql://pui:Hunter2-pw@db:5432/pui?bogus=1", "Hunter2-pw"),
+        ("PUI_REDIS_URL", "redis://:Hunter2-pw@cache:6379/12 ", "Hunter2-pw"),
+        ("PUI_STORAGE_KEY", "AKIA Hunter2-pw", "Hunter2-pw"),
+        ("PUI_STORAGE_KEY", "Hunter2-pw" * 30, "Hunter2-pw"),
+    ],
+)
+def test_a_refused_value_that_may_hold_a_secret_is_never_shown(name, value, secret):
+    assert secret not in _refused(name, value)
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://postgres@127.0.0.1:5432/pui",
+        "postgres://pui:pw@db.example.org/pui?sslmode=verify-full",
+        "postgresql://postgres@127.0.0.1:5432/pui?options=-csearch_path%3Dt1",
+        "host=db port=5432 dbname=pui user=pui",
+    ],
+)
+def test_postgres_connection_strings_deployments_write_load(dsn):
+    assert exhaust_settings.load({"PUI_POSTGRES_DSN": dsn}).postgres_dsn == dsn
+
+
+def test_the_model_config_must_be_a_readable_file(tmp_path):
+    """It failed only once a worker built its first report."""
+    assert "not a readable file" in _refused("PUI_EXHAUST_MODEL_CONFIG", str(tmp_path / "no"))
+    model = tmp_path / "model.json"
+    model.write_text("{}")
+    loaded = exhaust_settings.load({"PUI_EXHAUST_MODEL_CONFIG": str(model)})
+    assert loaded.model_config == str(model)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("PUI_CASSANDRA_USERNAME", "cassandra admin"), ("PUI_CASSANDRA_LOCAL_DC", "dc\u00e9")],
+)
+def test_cassandra_names_are_visible_ascii(name, value):
+    environ = {"PUI_CASSANDRA_USERNAME": "u", "PUI_CASSANDRA_PASSWORD": "pw"}
+    _refused(name, value, environ)
+    loaded = config.load({**environ, name: "dc-1_a.b"})
+    assert "dc-1_a.b" in (loaded.cassandra_username, loaded.cassandra_local_dc)
+
+
+# --- the storage settings: in the exhaust's table ------------------------------------------------
+
+
+def test_storage_settings_are_read_through_the_table(tmp_path):
+    """Same names, defaults and _FILE variables as when storage.py read them itself."""
     from dataflow.exhaust import storage
 
-    text = (settings_docs.ROOT / "docs" / "exhaust.md").read_text()
-    for name in [*storage.ENV_VARS, *(f"{s}_FILE" for s in storage.SECRETS)]:
-        assert f"`{name}`" in text, name
+    assert storage.load({}) == exhaust_settings.StorageSettings()
+    assert exhaust_settings.load({}).storage == exhaust_settings.StorageSettings()
+    defaults = {spec.var: spec.default for _, spec in STORAGE}
+    assert defaults == {
+        "PUI_STORAGE_TYPE": "local",
+        "PUI_STORAGE_CONTAINER": "reports",
+        "PUI_STORAGE_PREFIX": "ml_reports",
+        "PUI_STORAGE_KEY": "",
+        "PUI_STORAGE_SECRET": "",
+        "PUI_STORAGE_ENDPOINT": "",
+        "PUI_STORAGE_REGION": "",
+        "PUI_STORAGE_URL_EXPIRY": "3600",
+        "PUI_STORAGE_PART_SIZE": str(8 * 1024 * 1024),
+    }
+    key = tmp_path / "key"
+    key.write_text("acct-from-file\n")
+    account_key = "czNjcmV0LVZhbHVlLTQy"  # Azure takes base64 only
+    loaded = exhaust_settings.load(
+        {
+            "PUI_STORAGE_TYPE": "azure",
+            "PUI_STORAGE_KEY_FILE": str(key),
+            "PUI_STORAGE_SECRET": account_key,
+            "PUI_STORAGE_URL_EXPIRY": "600",
+        }
+    ).storage
+    assert (loaded.kind, loaded.key, loaded.secret, loaded.url_expiry) == (
+        "azure",
+        "acct-from-file",
+        account_key,
+        600,
+    )
+    shown = loaded.describe() + repr(loaded)
+    assert account_key not in shown and "acct-from-file" not in shown
+    assert "storage.key=***" in shown and "storage.url_expiry=600" in shown
+
+
+def test_the_exhaust_help_lists_every_setting():
+    from dataflow.exhaust.__main__ import parser
+
+    text = parser().format_help()
+    for name in [*exhaust_settings.ENV_VARS, *exhaust_settings.FILE_VARS]:
+        assert name in text, name
+    assert "PUI_STORAGE_PART_SIZE (default: 8388608)" in text

@@ -1,16 +1,20 @@
 """Exhaust configuration from environment variables (Cassandra settings shared with the
-streaming job: ``PUI_CASSANDRA_*``; cloud storage: :mod:`dataflow.exhaust.storage`).
+streaming job: ``PUI_CASSANDRA_*``).
 
-:class:`ExhaustSettings` is the table of the exhaust's own settings, declared as for the
-streaming job (:mod:`dataflow.settings_table`); docs/exhaust.md's table is generated from it.
+:class:`ExhaustSettings` and :class:`StorageSettings` (where the reports go, read by
+:func:`dataflow.exhaust.storage.load`, which adds Sunbird's HOCON key names and the rules
+between them) are the table of the exhaust's own settings, declared as for the streaming job
+(:mod:`dataflow.settings_table`); ``--help`` and docs/exhaust.md's table are generated from it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dataflow import config
 from dataflow import settings_table as st
@@ -57,8 +61,35 @@ def _mode(name: str, raw: str) -> int:
 
 
 def _redis_url(name: str, raw: str) -> str:
+    # Never echoed: the URL may carry the password.
     if not raw.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"{name} must be a redis:// URL (with the DB index, e.g. /12)")
+    if st.has_control(raw) or any(c.isspace() for c in raw) or len(raw) > 2048:
+        raise ConfigError(
+            f"{name} must be a URL of at most 2048 characters without spaces or control "
+            "characters (not shown: it may hold a password)"
+        )
+    return raw
+
+
+def _postgres_dsn(name: str, raw: str) -> str:
+    """A libpq connection string, URI or ``key=value`` form, as libpq itself parses it (no
+    connection is made). Never echoed: it may hold the password."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    problem = None
+    if st.has_control(raw) or len(raw) > 4096:
+        problem = "at most 4096 characters, without control characters"
+    else:
+        try:
+            conninfo_to_dict(raw)
+        except Exception:
+            problem = "what libpq reads"
+    if problem:
+        raise ConfigError(
+            f"{name} must be a PostgreSQL connection string (postgresql://user@host:5432/db "
+            f"or host=... dbname=...), {problem} (not shown: it may hold a password)"
+        )
     return raw
 
 
@@ -72,8 +103,155 @@ def _identifier(name: str, raw: str) -> str:
         ) from None
 
 
+_path_text = st.path_text()
+
+
 def _path(name: str, raw: str) -> Path:
-    return Path(raw)
+    return Path(_path_text(name, raw))
+
+
+# --- where the reports go ------------------------------------------------------------------------
+
+
+def _kind(name: str, raw: str) -> str:
+    kind = raw.strip().lower()
+    kind = storage.KIND_ALIASES.get(kind, kind)
+    if kind not in storage.KINDS:
+        raise ConfigError(f"{name} must be one of {', '.join(storage.KINDS)}, not {shown(raw)}")
+    return kind
+
+
+def _container(name: str, raw: str) -> str:
+    container = raw.strip()
+    if not storage.NAME.match(container) or ".." in container:
+        raise ConfigError(
+            f"{name} must be a bucket/container name (3-63 lower-case letters, "
+            f"digits, '-' or '.'), not {shown(container)}"
+        )
+    return container
+
+
+def _prefix(name: str, raw: str) -> str:
+    prefix = raw.strip().strip("/")
+    if prefix and not all(
+        storage.SEGMENT.match(s) and s not in (".", "..") for s in prefix.split("/")
+    ):
+        raise ConfigError(
+            f"{name} must be a path of letters, digits and . _ = + @ , - separated by /, "
+            f"not {shown(prefix)}"
+        )
+    return prefix
+
+
+def _account(name: str, raw: str) -> str | None:
+    """An account name, access key id or client e-mail: visible ASCII only. Never echoed, as
+    it is kept with the secrets."""
+    text = raw.strip()
+    if text and (not text.isascii() or not text.isprintable() or " " in text or len(text) > 256):
+        raise ConfigError(
+            f"{name} must be at most 256 visible ASCII characters (not shown: it is kept secret)"
+        )
+    return text or None
+
+
+def _secret(name: str, raw: str) -> str | None:
+    # Any text: a GCS secret is a JSON document or a PEM key, newlines included.
+    return raw.strip() or None
+
+
+def _endpoint(name: str, raw: str) -> str | None:
+    text = raw.strip()
+    if not text:
+        return None
+    parts = urlsplit(text)
+    if st.has_control(text) or parts.scheme not in ("http", "https") or not parts.hostname:
+        # Not echoed: a mistyped endpoint may hold a credential.
+        raise ConfigError(f"{name} must be an http(s) URL")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ConfigError(
+            f"{name} must not carry credentials, a query or a fragment: put the "
+            "key and secret in PUI_STORAGE_KEY and PUI_STORAGE_SECRET"
+        )
+    return text.rstrip("/")
+
+
+def _region(name: str, raw: str) -> str | None:
+    region = raw.strip()
+    if region and not re.fullmatch(r"[a-z0-9-]{2,32}", region):
+        raise ConfigError(f"{name} must look like us-east-1, not {shown(region)}")
+    return region or None
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Where finished reports go: the local folder, or the deployment's cloud storage. A
+    ``PUI_CONFIG`` HOCON file may give them under Sunbird's names (storage.HOCON_KEYS)."""
+
+    kind: str = setting(
+        "PUI_STORAGE_TYPE",
+        "local",
+        _kind,
+        "`local`, `azure`, `s3` (AWS and S3-compatible) or `gcs` (`aws`, `gcloud` accepted)",
+    )
+    container: str = setting(
+        "PUI_STORAGE_CONTAINER",
+        "reports",
+        _container,
+        "the container (Azure) or bucket (S3, GCS); Sunbird's `storageContainer`",
+    )
+    prefix: str = setting(
+        "PUI_STORAGE_PREFIX",
+        "ml_reports",
+        _prefix,
+        "path prefix inside it; Sunbird's `ml.exhaust.store.prefix`",
+    )
+    key: str | None = setting(
+        "PUI_STORAGE_KEY",
+        "",
+        _account,
+        "Azure: the storage account name; S3: the access key id; GCS: the service account's "
+        "client e-mail",
+        # An S3 access key id: kept with the secrets, out of ConfigMaps.
+        secret=True,
+        from_file=True,
+    )
+    secret: str | None = setting(
+        "PUI_STORAGE_SECRET",
+        "",
+        _secret,
+        "Azure: the account key; S3: the secret access key; GCS: the service-account JSON, or "
+        "its PEM private key (with the e-mail in `PUI_STORAGE_KEY`)",
+        secret=True,
+        from_file=True,
+    )
+    endpoint: str | None = setting(
+        "PUI_STORAGE_ENDPOINT",
+        "",
+        _endpoint,
+        "`https://...` of an S3-compatible store, an Azure endpoint (private link, sovereign "
+        "cloud, Azurite) or a GCS base URL; `http://` is accepted and then allowed, for "
+        "emulators",
+        shown_default="the provider's",
+    )
+    region: str | None = setting(
+        "PUI_STORAGE_REGION", "", _region, "S3 region", shown_default="`us-east-1`"
+    )
+    url_expiry: int = setting(
+        "PUI_STORAGE_URL_EXPIRY",
+        "3600",
+        st.integer(60, 7 * 24 * 3600),
+        "seconds a signed URL stays valid (60 to 604800)",
+    )
+    part_size: int = setting(
+        "PUI_STORAGE_PART_SIZE",
+        str(8 * 1024 * 1024),
+        st.integer(storage.PART_MIN, 512 * 1024**2),
+        "bytes per uploaded part (5 MiB to 512 MiB)",
+    )
+
+    def describe(self) -> str:
+        """One line per setting, the key and secret masked: safe to log."""
+        return st.describe(self, "storage.")
 
 
 @dataclass(frozen=True)
@@ -84,7 +262,7 @@ class ExhaustSettings:
     postgres_dsn: str = setting(
         "PUI_POSTGRES_DSN",
         "postgresql://postgres@127.0.0.1:5432/pui",
-        st.text,
+        _postgres_dsn,
         "where `job_request` is",
     )
     redis_url: str = setting(
@@ -148,8 +326,8 @@ class ExhaustSettings:
     model_config: str | None = setting(
         "PUI_EXHAUST_MODEL_CONFIG",
         "",
-        st.optional,
-        "a JSON model config in Sunbird's format: `label_mapping`, `order_of_csv_column`, "
+        config.readable_file,
+        "a JSON model config file in Sunbird's format: `label_mapping`, `order_of_csv_column`, "
         "`sort`, `quote_column`, `user_locations_columns`",
         shown_default="the seed's model config",
     )
@@ -165,12 +343,14 @@ class ExhaustSettings:
         st.number(0.1, 86400),
         "seconds between polls in `run` mode",
     )
-    storage: storage.StorageSettings = field(default_factory=storage.StorageSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
 
 
 # What the deploy manifests are checked against: every variable load() reads by name.
-ENV_VARS = (*st.variables(ExhaustSettings), *storage.ENV_VARS)
-SECRETS = (*st.secrets(ExhaustSettings), *storage.SECRETS)
+ENV_VARS = (*st.variables(ExhaustSettings), *st.variables(StorageSettings))
+SECRETS = (*st.secrets(ExhaustSettings), *st.secrets(StorageSettings))
+# Read instead of their setting when it is unset (a mounted Secret's files).
+FILE_VARS = st.file_variables(StorageSettings)
 # The Cassandra settings are the streaming job's; the row stands for them in the docs.
 _CASSANDRA_ROW = (
     "`PUI_CASSANDRA_*`",
@@ -182,7 +362,15 @@ _CASSANDRA_ROW = (
 def doc_rows() -> list[tuple[str, str, str]]:
     """docs/exhaust.md's table: (variable, default, meaning) in Markdown."""
     rows = [spec.row() for _, spec in st.specs(ExhaustSettings)]
-    return [*rows[:2], _CASSANDRA_ROW, *rows[2:]]
+    stores = [spec.row() for _, spec in st.specs(StorageSettings)]
+    return [*rows[:2], _CASSANDRA_ROW, *rows[2:], *stores]
+
+
+def help_text() -> str:
+    """The settings part of ``python -m dataflow.exhaust --help``."""
+    return "settings (environment variables; an empty one counts as unset):\n" + st.help_lines(
+        doc_rows()
+    )
 
 
 def load(environ: Mapping[str, str] | None = None) -> ExhaustSettings:

@@ -13,10 +13,12 @@ disk (never the whole zip in memory), completes or aborts a multipart upload as 
 dependency besides ``typing-extensions``; the three vendor SDKs would have brought three clients,
 three retry models and three signing APIs.
 
-Secrets (account key, S3 secret) come from the environment, from files (``*_FILE``, e.g. a
-mounted Kubernetes Secret) or from the ``PUI_CONFIG`` HOCON file; they are never logged and are
-masked in :meth:`StorageSettings.describe`. Without them the library's usual credential chain
-applies (``AWS_*``/``AZURE_*``/``GOOGLE_*`` variables, workload identity, instance metadata).
+The settings are declared with the exhaust's others
+(:class:`dataflow.exhaust.settings.StorageSettings`). Secrets (account key, S3 secret) come from
+the environment, from files (``*_FILE``, e.g. a mounted Kubernetes Secret) or from the
+``PUI_CONFIG`` HOCON file; they are never logged and are masked in ``StorageSettings.describe``.
+Without them the library's usual credential chain applies (``AWS_*``/``AZURE_*``/``GOOGLE_*``
+variables, workload identity, instance metadata).
 """
 
 from __future__ import annotations
@@ -26,27 +28,16 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING
 
+from dataflow import settings_table as st
 from dataflow.config import ConfigError
 
+if TYPE_CHECKING:
+    from dataflow.exhaust.settings import StorageSettings
+
 KINDS = ("local", "azure", "s3", "gcs")
-ENV_VARS = (
-    "PUI_STORAGE_TYPE",
-    "PUI_STORAGE_CONTAINER",
-    "PUI_STORAGE_PREFIX",
-    "PUI_STORAGE_KEY",
-    "PUI_STORAGE_SECRET",
-    "PUI_STORAGE_ENDPOINT",
-    "PUI_STORAGE_REGION",
-    "PUI_STORAGE_URL_EXPIRY",
-    "PUI_STORAGE_PART_SIZE",
-)
-# Also read: PUI_STORAGE_KEY_FILE and PUI_STORAGE_SECRET_FILE (a mounted Secret's files).
-# The key is an S3 access key id on S3: kept with the secrets, out of ConfigMaps.
-SECRETS = ("PUI_STORAGE_KEY", "PUI_STORAGE_SECRET")
 # Sunbird's key names in the PUI_CONFIG HOCON file, first found wins (modelParams.* is how the
 # exhaust's model config nests them).
 HOCON_KEYS: dict[str, tuple[str, ...]] = {
@@ -71,8 +62,8 @@ SUNBIRD_KEY_NAMES = {
     "gcs": ("gcloud_client_key", "gcloud_private_secret"),
 }
 KIND_ALIASES = {"aws": "s3", "gcloud": "gcs", "google": "gcs", "file": "local"}
-_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_SEGMENT = re.compile(r"^[A-Za-z0-9._=+@,-]{1,255}$")
+NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+SEGMENT = re.compile(r"^[A-Za-z0-9._=+@,-]{1,255}$")
 PART_MIN = 5 * 1024 * 1024  # S3's smallest part (but the last)
 
 
@@ -84,37 +75,6 @@ class UploadFailed(StorageError):
     """The store did not take a report (down, credentials refused, no container): every
     following request would fail the same way, so the run stops as for an unavailable
     Cassandra or Redis."""
-
-
-@dataclass(frozen=True)
-class StorageSettings:
-    kind: str = "local"
-    container: str = "reports"
-    prefix: str = "ml_reports"
-    key: str | None = None  # Azure account name, S3 access key id, GCS client e-mail
-    secret: str | None = field(default=None, repr=False)
-    endpoint: str | None = None
-    region: str | None = None
-    url_expiry: int = 3600
-    part_size: int = 8 * 1024 * 1024
-
-    def describe(self) -> str:
-        """One line per setting, the secret masked: safe to log."""
-        out = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "secret":
-                value = "***" if value else None
-            out.append(f"storage.{f.name}={value}")
-        return "\n".join(out)
-
-
-def _read_secret_file(name: str, path: str) -> str:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{name}: cannot read {path!r} ({type(exc).__name__})") from None
-    return text.strip()
 
 
 def _hocon(path: str | None, kind_set: str | None) -> dict[str, str]:
@@ -164,81 +124,30 @@ def _hocon(path: str | None, kind_set: str | None) -> dict[str, str]:
     return found
 
 
-def _kind(raw: str, name: str) -> str:
-    kind = raw.strip().lower()
-    kind = KIND_ALIASES.get(kind, kind)
-    if kind not in KINDS:
-        raise ConfigError(f"{name} must be one of {', '.join(KINDS)}, not {raw!r}")
-    return kind
-
-
 def load(environ: Mapping[str, str] | None = None) -> StorageSettings:
+    """The storage settings: each variable (or its ``_FILE``) when set, else Sunbird's key in
+    the ``PUI_CONFIG`` file, else the default; then the rules between them."""
+    from dataflow.exhaust.settings import StorageSettings
+
     env = dict(os.environ if environ is None else environ)
     file_values = _hocon(env.get("PUI_CONFIG"), env.get("PUI_STORAGE_TYPE"))
-
-    def get(var: str, setting: str, default: str | None) -> tuple[str | None, str]:
-        if env.get(var, "") != "":
-            return env[var], var
-        if env.get(f"{var}_FILE", "") != "":
-            return _read_secret_file(f"{var}_FILE", env[f"{var}_FILE"]), f"{var}_FILE"
-        if setting in file_values:
-            return file_values[setting], f"{file_values[f'{setting}.from']} (in PUI_CONFIG)"
-        return default, var
-
-    raw_kind, kind_name = get("PUI_STORAGE_TYPE", "kind", "local")
-    kind = _kind(raw_kind or "local", kind_name)
-    container, container_name = get("PUI_STORAGE_CONTAINER", "container", "reports")
-    container = (container or "").strip()
-    if not _NAME.match(container) or ".." in container:
-        raise ConfigError(
-            f"{container_name} must be a bucket/container name (3-63 lower-case letters, "
-            f"digits, '-' or '.'), not {container!r}"
-        )
-    prefix, prefix_name = get("PUI_STORAGE_PREFIX", "prefix", "ml_reports")
-    prefix = (prefix or "").strip().strip("/")
-    if prefix and not all(_SEGMENT.match(s) and s not in (".", "..") for s in prefix.split("/")):
-        raise ConfigError(
-            f"{prefix_name} must be a path of letters, digits and . _ = + @ , - separated by /, "
-            f"not {prefix!r}"
-        )
-    key, _ = get("PUI_STORAGE_KEY", "key", None)
-    secret, _ = get("PUI_STORAGE_SECRET", "secret", None)
-    key = key.strip() if key else None
-    secret = secret.strip() if secret else None
+    values = {}
+    for attr, spec in st.specs(StorageSettings):
+        found = st.lookup(spec, env)
+        if found is None and attr in file_values:
+            found = f"{file_values[f'{attr}.from']} (in PUI_CONFIG)", file_values[attr]
+        name, raw = found or (spec.var, spec.default)
+        values[attr] = spec.parse(name, raw)
+    kind, key, secret = values["kind"], values["key"], values["secret"]
     if kind == "azure" and secret and not key:
         raise ConfigError(
             "PUI_STORAGE_SECRET (the account key) needs PUI_STORAGE_KEY (the account)"
         )
     if kind == "s3" and (key is None) != (secret is None):
         raise ConfigError("PUI_STORAGE_KEY and PUI_STORAGE_SECRET must be set together for s3")
-    endpoint, endpoint_name = get("PUI_STORAGE_ENDPOINT", "endpoint", None)
-    if endpoint:
-        parts = urlsplit(endpoint.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            # Not echoed: a mistyped endpoint may hold a credential.
-            raise ConfigError(f"{endpoint_name} must be an http(s) URL")
-        if parts.username or parts.password or parts.query or parts.fragment:
-            raise ConfigError(
-                f"{endpoint_name} must not carry credentials, a query or a fragment: put the "
-                "key and secret in PUI_STORAGE_KEY and PUI_STORAGE_SECRET"
-            )
-        endpoint = endpoint.strip().rstrip("/")
     if kind == "azure" and not key:
         raise ConfigError("azure storage needs the account name in PUI_STORAGE_KEY")
-    region = (env.get("PUI_STORAGE_REGION") or "").strip() or None
-    if region and not re.match(r"^[a-z0-9-]{2,32}$", region):
-        raise ConfigError(f"PUI_STORAGE_REGION must look like us-east-1, not {region!r}")
-    settings = StorageSettings(
-        kind=kind,
-        container=container,
-        prefix=prefix,
-        key=key,
-        secret=secret,
-        endpoint=endpoint or None,
-        region=region,
-        url_expiry=_int(env, "PUI_STORAGE_URL_EXPIRY", 3600, 60, 7 * 24 * 3600),
-        part_size=_int(env, "PUI_STORAGE_PART_SIZE", 8 * 1024 * 1024, PART_MIN, 512 * 1024**2),
-    )
+    settings = StorageSettings(**values)
     if kind != "local":
         # The client checks its own options without any network call: refuse them at start.
         try:
@@ -250,23 +159,10 @@ def load(environ: Mapping[str, str] | None = None) -> StorageSettings:
     return settings
 
 
-def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, not {raw!r}") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name} must be between {low} and {high}, not {value}")
-    return value
-
-
 def check_key(key: str) -> str:
     """Refuse an object key that could leave its folder or confuse a store."""
     segments = key.split("/")
-    if not all(_SEGMENT.match(s) and s not in (".", "..") for s in segments):
+    if not all(SEGMENT.match(s) and s not in (".", "..") for s in segments):
         raise StorageError(f"refusing to store an object under the unsafe name {key[:80]!r}")
     return key
 
