@@ -553,10 +553,10 @@ def test_every_non_secret_setting_refuses_control_characters(name, control):
 @pytest.mark.parametrize(
     ("name", "value", "secret"),
     [
-        ("PUI_POSTGRES_DSN", "postgresql://pui:Hunter2-pw@db:5432/pui\n", "Hunter2-pw"),
+        ("PUI_POSTGRES_DSN", "postgresql://pui:Hunter2-pw@db:5432/pui\nx", "Hunter2-pw"),
         ("PUI_POSTGRES_DSN", "host=db password=Hunter2-pw oops", "Hunter2-pw"),
         ("PUI_POSTGRES_DSN", "postgresql://pui:Hunter2-pw@db:5432/pui?bogus=1", "Hunter2-pw"),
-        ("PUI_REDIS_URL", "redis://:Hunter2-pw@cache:6379/12 ", "Hunter2-pw"),
+        ("PUI_REDIS_URL", "redis://:Hunter2-pw @cache:6379/12", "Hunter2-pw"),
         ("PUI_STORAGE_KEY", "AKIA Hunter2-pw", "Hunter2-pw"),
         ("PUI_STORAGE_KEY", "Hunter2-pw" * 30, "Hunter2-pw"),
     ],
@@ -576,6 +576,16 @@ def test_a_refused_value_that_may_hold_a_secret_is_never_shown(name, value, secr
 )
 def test_postgres_connection_strings_deployments_write_load(dsn):
     assert exhaust_settings.load({"PUI_POSTGRES_DSN": dsn}).postgres_dsn == dsn
+
+
+def test_urls_from_a_secrets_file_lose_their_newline():
+    loaded = exhaust_settings.load(
+        {"PUI_REDIS_URL": "redis://:pw@cache:6379/12\n", "PUI_POSTGRES_DSN": "host=db dbname=a\n"}
+    )
+    assert (loaded.redis_url, loaded.postgres_dsn) == (
+        "redis://:pw@cache:6379/12",
+        "host=db dbname=a",
+    )
 
 
 def test_the_model_config_must_be_a_readable_file(tmp_path):

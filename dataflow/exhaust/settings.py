@@ -61,15 +61,17 @@ def _mode(name: str, raw: str) -> int:
 
 
 def _redis_url(name: str, raw: str) -> str:
-    # Never echoed: the URL may carry the password.
-    if not raw.startswith(("redis://", "rediss://", "unix://")):
+    # Never echoed: the URL may carry the password. The newline a Secret's file ends with is
+    # dropped, as redis-py would.
+    text = raw.strip()
+    if not text.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"{name} must be a redis:// URL (with the DB index, e.g. /12)")
-    if st.has_control(raw) or any(c.isspace() for c in raw) or len(raw) > 2048:
+    if st.has_control(text) or any(c.isspace() for c in text) or len(text) > 2048:
         raise ConfigError(
             f"{name} must be a URL of at most 2048 characters without spaces or control "
             "characters (not shown: it may hold a password)"
         )
-    return raw
+    return text
 
 
 def _postgres_dsn(name: str, raw: str) -> str:
@@ -77,12 +79,13 @@ def _postgres_dsn(name: str, raw: str) -> str:
     connection is made). Never echoed: it may hold the password."""
     from psycopg.conninfo import conninfo_to_dict
 
+    text = raw.strip()
     problem = None
-    if st.has_control(raw) or len(raw) > 4096:
+    if st.has_control(text) or len(text) > 4096:
         problem = "at most 4096 characters, without control characters"
     else:
         try:
-            conninfo_to_dict(raw)
+            conninfo_to_dict(text)
         except Exception:
             problem = "what libpq reads"
     if problem:
@@ -90,7 +93,7 @@ def _postgres_dsn(name: str, raw: str) -> str:
             f"{name} must be a PostgreSQL connection string (postgresql://user@host:5432/db "
             f"or host=... dbname=...), {problem} (not shown: it may hold a password)"
         )
-    return raw
+    return text
 
 
 def _identifier(name: str, raw: str) -> str:
