@@ -53,13 +53,13 @@ _datacenter = st.maybe(st.printable(256, "a datacenter name"))
 
 # librdkafka's names of the security protocols, which it also takes as a broker's prefix.
 KAFKA_PROTOCOLS = ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")
-_BROKERS_EXAMPLE = "e.g. kafka-1:9092,kafka-2:9092"
 
 
 def _brokers(name: str, raw: str) -> str:
-    """librdkafka's bootstrap.servers: ``[protocol://]host:port``, comma separated. The port is
-    required (librdkafka would silently take 9092) and checked (it would wrap 99999 to 34463);
-    spaces around the commas are dropped, as librdkafka does."""
+    """librdkafka's bootstrap.servers: ``[protocol://]host[:port]``, comma separated. A missing
+    port is Kafka's 9092, as librdkafka reads it (lists that worked before must keep working);
+    a given port is checked (librdkafka would wrap 99999 to 34463); spaces around the commas
+    are dropped, as librdkafka does."""
     entries = st.address_list(name, raw, "broker")
     for entry in entries:
         address = entry
@@ -72,15 +72,11 @@ def _brokers(name: str, raw: str) -> str:
                 )
         host, port = st.split_port(address)
         try:
-            if port is None:
-                bare = ":" in host and not host.startswith("[")
-                raise st.AddressError(
-                    "is an IPv6 address without brackets, or has no port: write [::1]:9092"
-                    if bare
-                    else f"has no port ({_BROKERS_EXAMPLE})"
-                )
+            if ":" in host and not host.startswith("["):
+                raise st.AddressError("is an IPv6 address without brackets: write it as [::1]:9092")
             st.check_host(host, bare_ipv6=False)
-            st.check_port(port)
+            if port is not None:
+                st.check_port(port)
         except st.AddressError as exc:
             raise ConfigError(f"{name}: broker {shown(entry)} {exc}") from None
     return ",".join(entries)
@@ -217,7 +213,8 @@ class Settings:
         "127.0.0.1:9092",
         _brokers,
         "bootstrap servers: `host:port`, comma separated (a host name, an IPv4 address or an "
-        "IPv6 one in brackets; a `SASL_SSL://`-style prefix must match the security protocol)",
+        "IPv6 one in brackets; no port means 9092; a `SASL_SSL://`-style prefix must match "
+        "the security protocol)",
         hocon="kafka.broker-servers",
     )
     input_topic: str = setting(
