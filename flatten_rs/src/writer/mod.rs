@@ -144,6 +144,16 @@ pub fn backoff(attempt: u32) -> Duration {
     Duration::from_secs_f64((0.1 * 2f64.powi(attempt.min(16) as i32)).min(10.0))
 }
 
+/// A contact point as the driver parses it: an IPv6 address needs brackets before its port
+/// (settings keep hosts without them, which is what cassandra-driver takes).
+pub fn node_address(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 pub fn insert_cql(keyspace: &str, table: &str) -> String {
     format!(
         "INSERT INTO {keyspace}.{table} ({}) VALUES ({}) USING TIMESTAMP ?",
@@ -188,7 +198,7 @@ impl Writer {
             .load_balancing_policy(policy.build())
             .build();
         let mut builder = SessionBuilder::new()
-            .known_nodes(config.hosts.iter().map(|h| format!("{h}:{}", config.port)))
+            .known_nodes(config.hosts.iter().map(|h| node_address(h, config.port)))
             .connection_timeout(config.connect_timeout)
             .default_execution_profile_handle(profile.into_handle())
             // The job only writes one table: the rest of the schema is not ours to track.
@@ -451,6 +461,16 @@ mod tests {
             delete_cql("ks", "t"),
             "DELETE FROM ks.t USING TIMESTAMP ? WHERE program_id = ? AND user_id = ?"
         );
+    }
+
+    #[test]
+    fn ipv6_contact_points_get_brackets() {
+        assert_eq!(node_address("cassandra-0", 9042), "cassandra-0:9042");
+        assert_eq!(node_address("10.0.0.5", 9042), "10.0.0.5:9042");
+        assert_eq!(node_address("::1", 9042), "[::1]:9042");
+        assert!(node_address("fd00::5", 19042)
+            .parse::<std::net::SocketAddr>()
+            .is_ok());
     }
 
     #[test]
