@@ -62,12 +62,7 @@ def connect(settings: Settings, *, wait: float | None = None) -> tuple[Cluster, 
             tls_problem = _tls_failure(exc)
             if tls_problem:
                 # A certificate that does not verify, or TLS against a clear-text port, stays so.
-                raise ConnectionError(
-                    f"TLS with Cassandra at {','.join(settings.cassandra_hosts)}:"
-                    f"{settings.cassandra_port} failed ({tls_problem}): check PUI_CASSANDRA_TLS"
-                    f"{'_*' if settings.cassandra_tls else ' (off)'} and the server's "
-                    "client_encryption_options"
-                ) from None
+                raise ConnectionError(tls_failure_message(settings, tls_problem)) from None
             attempt += 1
             if deadline is not None and time.monotonic() >= deadline:
                 raise ConnectionError(
@@ -80,6 +75,16 @@ def connect(settings: Settings, *, wait: float | None = None) -> tuple[Cluster, 
                 pause = max(min(pause, deadline - time.monotonic()), 0.1)
             log.warning("Cassandra not reachable (%s); retrying in %.0fs", describe(exc), pause)
             time.sleep(pause)
+
+
+def tls_failure_message(settings: Settings, problem: str) -> str:
+    """What both engines say when the TLS handshake fails."""
+    return (
+        f"TLS with Cassandra at {','.join(settings.cassandra_hosts)}:{settings.cassandra_port} "
+        f"failed ({problem}): check PUI_CASSANDRA_TLS"
+        f"{'_*' if settings.cassandra_tls else ' (off)'} and the server's "
+        "client_encryption_options"
+    )
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:

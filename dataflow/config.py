@@ -377,9 +377,8 @@ class Settings:
         st.choice(ENGINES, str.lower),
         "`rust` (the extension flattens and writes with the `scylla` driver; what `auto` picks "
         "when it is built) or `python` (our Python flattener and cassandra-driver: the "
-        "reference, and what runs without a Rust toolchain). The extension's driver has no "
-        "TLS: with `PUI_CASSANDRA_TLS=true`, `auto` uses the python engine and `rust` is "
-        "refused at start",
+        "reference, and what runs without a Rust toolchain). Both speak TLS to Cassandra "
+        "(`PUI_CASSANDRA_TLS*`): OpenSSL in the python engine, rustls in the rust one",
         # It chose only the flattener when it had this name.
         aliases=("PUI_FLATTENER",),
     )

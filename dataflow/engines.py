@@ -64,17 +64,8 @@ class Engine(Protocol):
 
 
 def choose(settings: Settings) -> str:
-    """The engine the settings ask for and this build and configuration can run."""
-    engine = resolve_engine(settings.engine)
-    if engine == "rust" and settings.cassandra_tls:
-        # The extension's driver is built without TLS; cassandra-driver has it.
-        if settings.engine == "rust":
-            raise ConfigError(
-                "PUI_ENGINE=rust cannot use TLS to Cassandra (PUI_CASSANDRA_TLS=true): "
-                "set PUI_ENGINE=python or auto"
-            )
-        return "python"
-    return engine
+    """The engine the settings ask for and this build can run."""
+    return resolve_engine(settings.engine)
 
 
 def open_engine(settings: Settings) -> Engine:
@@ -87,36 +78,12 @@ class RustEngine:
     name = "rust"
 
     def __init__(self, settings: Settings):
-        from dataflow.flatten import native
-
-        extension = native()  # refuses a build for other columns than dataflow.schema.TABLE
         attempt = 0
         while True:
             try:
-                self._writer = extension.Writer(
-                    hosts=list(settings.cassandra_hosts),
-                    port=settings.cassandra_port,
-                    keyspace=settings.cassandra_keyspace,
-                    table=settings.cassandra_table,
-                    username=settings.cassandra_username,
-                    password=settings.cassandra_password,
-                    local_dc=settings.cassandra_local_dc,
-                    consistency=settings.cassandra_consistency,
-                    max_in_flight=settings.cassandra_concurrency,
-                    max_bytes=settings.max_message_bytes,
-                    offset_us=settings.write_timestamp_offset_us,
-                    # One I/O thread keeps up with Cassandra here and spends less CPU on
-                    # wake-ups than two (RESULTS.md §2).
-                    threads=1,
-                )
+                self._writer = open_writer(settings)
                 break
-            except PermissionError:
-                # Waiting does not fix a wrong password: say so now, naming the settings.
-                raise ConnectionError(
-                    "Cassandra rejected the credentials: check PUI_CASSANDRA_USERNAME "
-                    f"({settings.cassandra_username or 'not set'}) and PUI_CASSANDRA_PASSWORD"
-                ) from None
-            except ConnectionError as exc:
+            except NotReachable as exc:
                 attempt += 1
                 pause = min(2**attempt, 30)
                 log.warning("Cassandra not reachable (%s); retrying in %ds", _line(exc), pause)
@@ -249,6 +216,79 @@ class PythonEngine:
 
     def close(self) -> None:
         self._cluster.shutdown()
+
+
+class NotReachable(ConnectionError):
+    """No node answered: worth another attempt (a TLS or credentials failure is not)."""
+
+
+def open_writer(settings: Settings, connect_timeout_s: float = 10.0):
+    """One connection attempt of the Rust writer. Raises NotReachable when no node answered,
+    ConnectionError when waiting cannot help (credentials, TLS), ConfigError for a TLS file
+    it cannot use."""
+    from dataflow.flatten import native
+
+    extension = native()  # refuses a build for other columns than dataflow.schema.TABLE
+    try:
+        return extension.Writer(**writer_options(settings), connect_timeout_s=connect_timeout_s)
+    except PermissionError:
+        raise ConnectionError(
+            "Cassandra rejected the credentials: check PUI_CASSANDRA_USERNAME "
+            f"({settings.cassandra_username or 'not set'}) and PUI_CASSANDRA_PASSWORD"
+        ) from None
+    except extension.TlsHandshakeError as exc:
+        # The same line as the Python engine's (imported here: it loads cassandra-driver).
+        from dataflow.cassandra_session import tls_failure_message
+
+        raise ConnectionError(tls_failure_message(settings, _line(exc))) from None
+    except ValueError as exc:
+        if len(exc.args) != 2 or exc.args[0] not in _TLS_FILES:
+            raise
+        raise ConfigError(_tls_file_problem(settings, *exc.args)) from None
+    except ConnectionError as exc:
+        raise NotReachable(_line(exc)) from None
+
+
+def writer_options(settings: Settings) -> dict:
+    """The Rust writer's arguments for these settings."""
+    return {
+        "hosts": list(settings.cassandra_hosts),
+        "port": settings.cassandra_port,
+        "keyspace": settings.cassandra_keyspace,
+        "table": settings.cassandra_table,
+        "username": settings.cassandra_username,
+        "password": settings.cassandra_password,
+        "local_dc": settings.cassandra_local_dc,
+        "consistency": settings.cassandra_consistency,
+        "max_in_flight": settings.cassandra_concurrency,
+        "max_bytes": settings.max_message_bytes,
+        "offset_us": settings.write_timestamp_offset_us,
+        # One I/O thread keeps up with Cassandra here and spends less CPU on wake-ups than
+        # two (RESULTS.md §2).
+        "threads": 1,
+        "tls": settings.cassandra_tls,
+        "tls_ca_file": settings.cassandra_tls_ca_file,
+        "tls_cert_file": settings.cassandra_tls_cert_file,
+        "tls_key_file": settings.cassandra_tls_key_file,
+        "tls_check_hostname": settings.cassandra_tls_check_hostname,
+    }
+
+
+_TLS_FILES = {
+    "ca": ("PUI_CASSANDRA_TLS_CA_FILE", "a PEM file of CA certificates"),
+    "cert": (
+        "PUI_CASSANDRA_TLS_CERT_FILE",
+        "a PEM X.509 v3 certificate (with PUI_CASSANDRA_TLS_KEY_FILE, its unencrypted private key)",
+    ),
+    "key": ("PUI_CASSANDRA_TLS_KEY_FILE", "the certificate's unencrypted PEM private key"),
+}
+
+
+def _tls_file_problem(settings: Settings, which: str, detail: str) -> str:
+    """The Rust writer's ``ValueError((file, detail))`` as the setting to fix."""
+    var, should = _TLS_FILES[which]
+    path = getattr(settings, var.lower().removeprefix("pui_"), None)
+    return f"{var} ({path or 'not set'}) is not {should}: {' '.join(str(detail).split())[:200]}"
 
 
 def _line(exc: BaseException) -> str:

@@ -10,10 +10,14 @@ def version() -> str: ...
 def flatten_batch(messages: list[bytes], max_bytes: int, unset: Any) -> list[tuple]: ...
 def writer_columns() -> list[str]: ...
 
+class TlsHandshakeError(ConnectionError):
+    """The TLS handshake with the nodes failed; waiting does not fix it."""
+
 class Writer:
     """Connects once at construction: ``ConnectionError`` when unreachable,
-    ``PermissionError`` when the credentials are refused, ``RuntimeError`` on a setup
-    mistake (missing table)."""
+    ``TlsHandshakeError`` when TLS fails, ``PermissionError`` when the credentials are
+    refused, ``ValueError((file, detail))`` when a TLS file ("ca", "cert" or "key") cannot be
+    used, ``RuntimeError`` on a setup mistake (missing table)."""
 
     def __init__(
         self,
@@ -31,6 +35,11 @@ class Writer:
         offset_us: int = 0,
         connect_timeout_s: float = 10.0,
         threads: int = 2,
+        tls: bool = False,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+        tls_check_hostname: bool = True,
     ) -> None: ...
     def submit(
         self, values: list[bytes | None], timestamps: list[int], clock_us: int

@@ -232,5 +232,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(flatten_batch, m)?)?;
     m.add_function(wrap_pyfunction!(py_writer::writer_columns, m)?)?;
     m.add_class::<py_writer::PyWriter>()?;
+    m.add(
+        "TlsHandshakeError",
+        m.py().get_type::<py_writer::TlsHandshakeError>(),
+    )?;
     Ok(())
 }

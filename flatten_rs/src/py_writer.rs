@@ -2,15 +2,21 @@
 //! `close`. The GIL is held only to copy the batch in and the results out; parsing, the rules,
 //! serialising and every wait run without it.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
+use pyo3::create_exception;
 use pyo3::exceptions::{PyConnectionError, PyPermissionError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
 use crate::rules::{self, CaseMap, Outcome};
 use crate::writer::row::{self, Planned, RowWrite};
+use crate::writer::tls::TlsFiles;
 use crate::writer::{self, ConnectError, Writer};
+
+// A ConnectionError that waiting does not fix: the caller stops instead of retrying.
+create_exception!(_native, TlsHandshakeError, PyConnectionError);
 
 /// Case mapping off the GIL: ASCII in Rust, anything else with Python's own tables (taking the
 /// GIL for that call only), so that both engines agree exactly.
@@ -108,7 +114,8 @@ impl PyWriter {
     #[new]
     #[pyo3(signature = (*, hosts, port, keyspace, table, username=None, password=None,
         local_dc=None, consistency="LOCAL_QUORUM", max_in_flight=64, max_bytes=1048576,
-        offset_us=0, connect_timeout_s=10.0, threads=2))]
+        offset_us=0, connect_timeout_s=10.0, threads=2, tls=false, tls_ca_file=None,
+        tls_cert_file=None, tls_key_file=None, tls_check_hostname=true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -125,6 +132,11 @@ impl PyWriter {
         offset_us: i64,
         connect_timeout_s: f64,
         threads: usize,
+        tls: bool,
+        tls_ca_file: Option<PathBuf>,
+        tls_cert_file: Option<PathBuf>,
+        tls_key_file: Option<PathBuf>,
+        tls_check_hostname: bool,
     ) -> PyResult<Self> {
         let consistency = writer::consistency(consistency)
             .ok_or_else(|| PyValueError::new_err(format!("unknown consistency {consistency}")))?;
@@ -140,6 +152,12 @@ impl PyWriter {
             max_in_flight,
             connect_timeout: Duration::from_secs_f64(connect_timeout_s.max(0.1)),
             threads,
+            tls: tls.then_some(TlsFiles {
+                ca_file: tls_ca_file,
+                cert_file: tls_cert_file,
+                key_file: tls_key_file,
+                check_hostname: tls_check_hostname,
+            }),
         };
         let inner = py
             .detach(|| Writer::connect(&config))
@@ -147,6 +165,9 @@ impl PyWriter {
                 ConnectError::Authentication(m) => PyPermissionError::new_err(m),
                 ConnectError::Unreachable(m) => PyConnectionError::new_err(m),
                 ConnectError::Setup(m) => PyRuntimeError::new_err(m),
+                // (which file, why): the caller names the setting.
+                ConnectError::TlsFile(e) => PyValueError::new_err((e.which, e.detail)),
+                ConnectError::TlsHandshake(m) => TlsHandshakeError::new_err(m),
             })?;
         Ok(PyWriter {
             inner,

@@ -13,6 +13,7 @@ pub mod errors;
 pub mod plan;
 pub mod row;
 pub mod stamp;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +48,8 @@ pub struct Config {
     pub max_in_flight: usize,
     pub connect_timeout: Duration,
     pub threads: usize,
+    /// Client TLS; None: clear text.
+    pub tls: Option<tls::TlsFiles>,
 }
 
 pub fn consistency(name: &str) -> Option<Consistency> {
@@ -71,6 +74,11 @@ pub enum ConnectError {
     Unreachable(String),
     /// Reachable, but the table or the statements are wrong (a setup mistake).
     Setup(String),
+    /// A TLS file that cannot be used (a settings mistake).
+    TlsFile(tls::TlsFileError),
+    /// The TLS handshake failed: a certificate that does not verify, a node that wants a
+    /// client certificate, TLS against a clear-text port. Waiting does not fix it.
+    TlsHandshake(String),
 }
 
 /// A finished ticket: when it was submitted and done (ms since the epoch) and the rows
@@ -206,6 +214,10 @@ impl Writer {
         if let Some(user) = &config.username {
             builder = builder.user(user.clone(), config.password.clone().unwrap_or_default());
         }
+        if let Some(files) = &config.tls {
+            let context = tls::client_config(files).map_err(ConnectError::TlsFile)?;
+            builder = builder.tls_context(Some(context));
+        }
         let session = tokio::time::timeout(config.connect_timeout * 3, builder.build())
             .await
             .map_err(|_| ConnectError::Unreachable("timed out".into()))?
@@ -213,6 +225,8 @@ impl Writer {
                 let text = e.to_string();
                 if text.to_ascii_lowercase().contains("authenticat") {
                     ConnectError::Authentication(text)
+                } else if config.tls.is_some() && tls::is_tls_failure(&text) {
+                    ConnectError::TlsHandshake(tls::last_cause(&text).to_owned())
                 } else {
                     ConnectError::Unreachable(text)
                 }
