@@ -75,7 +75,9 @@ def setting(var: str, default: str, parse: Parser, help: str, **options: Any) ->
     if spec.derived:
         # Filled by fill_derived() once the settings it is made from are known.
         return field(default="", metadata={_META: spec})
-    return field(default=parse(var, default), repr=not spec.secret, metadata={_META: spec})
+    # A masked value is not for repr() either (it may hold a password).
+    shown_in_repr = not spec.secret and spec.mask is None
+    return field(default=parse(var, default), repr=shown_in_repr, metadata={_META: spec})
 
 
 def documented(var: str, help: str, *, mask: Callable[[Any], Any] | None = None) -> Any:

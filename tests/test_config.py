@@ -658,3 +658,42 @@ def test_the_exhaust_help_lists_every_setting():
     for name in [*exhaust_settings.ENV_VARS, *exhaust_settings.FILE_VARS]:
         assert name in text, name
     assert "PUI_STORAGE_PART_SIZE (default: 8388608)" in text
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "postgresql://pui:{pw}@db:5432/pui",
+        "postgresql://pui:{pw}@db/pui?sslmode=require",
+        "postgresql://pui@db/pui?sslmode=require&password={pw}",
+        "host=db dbname=pui user=pui password={pw}",
+        "host=db password = '{pw} with spaces' dbname=pui",
+        "redis://:{pw}@cache:6379/12",
+        "rediss://default:{pw}@cache:6380/12",
+    ],
+)
+def test_a_password_in_a_connection_string_is_never_shown(written):
+    password = "s3cr3t-Pa55"
+    dsn_or_url = written.format(pw=password)
+    masked = exhaust_settings.without_password(dsn_or_url)
+    assert password not in masked and "***" in masked
+    var = "PUI_REDIS_URL" if dsn_or_url.startswith("redis") else "PUI_POSTGRES_DSN"
+    loaded = exhaust_settings.load({var: dsn_or_url})
+    assert password not in repr(loaded)
+    assert password not in st.describe(loaded)
+    assert dsn_or_url in (loaded.postgres_dsn, loaded.redis_url)  # what connects is intact
+
+
+def test_a_connection_string_without_a_password_is_shown_as_written():
+    for text in ("postgresql://postgres@127.0.0.1:5432/pui", "redis://127.0.0.1:6379/12"):
+        assert exhaust_settings.without_password(text) == text
+    described = st.describe(exhaust_settings.load({}))
+    assert "postgresql://postgres@127.0.0.1:5432/pui" in described
+
+
+@settings(max_examples=200, deadline=None)
+@given(hs.text(alphabet=hs.characters(codec="ascii", categories=["L", "N", "P", "S"]),
+               min_size=4, max_size=30).filter(lambda p: not set(p) & set("/@:'\\ &")))  # fmt: skip
+def test_any_url_password_is_masked(password):
+    url = f"redis://user:{password}@cache:6379/12"
+    assert exhaust_settings.without_password(url) == "redis://user:***@cache:6379/12"

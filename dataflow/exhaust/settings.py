@@ -74,6 +74,21 @@ def _redis_url(name: str, raw: str) -> str:
     return text
 
 
+_PASSWORDS = (
+    # user:password@ in a URL
+    (re.compile(r"(://[^/@:]*:)[^/@]*@"), r"\1***@"),
+    # password=... in a key=value string or a URL's query
+    (re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)", re.IGNORECASE), r"\1***"),
+)
+
+
+def without_password(text: str) -> str:
+    """A connection string or URL with any password in it replaced by ``***``: safe to log."""
+    for pattern, replacement in _PASSWORDS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
 def _postgres_dsn(name: str, raw: str) -> str:
     """A libpq connection string, URI or ``key=value`` form, as libpq itself parses it (no
     connection is made). Never echoed: it may hold the password."""
@@ -267,12 +282,14 @@ class ExhaustSettings:
         "postgresql://postgres@127.0.0.1:5432/pui",
         _postgres_dsn,
         "where `job_request` is",
+        mask=without_password,
     )
     redis_url: str = setting(
         "PUI_REDIS_URL",
         "redis://127.0.0.1:6379/12",
         _redis_url,
         "the user cache, with its DB index (Sunbird uses 12)",
+        mask=without_password,
     )
     user_keyspace: str = setting(
         "PUI_USER_KEYSPACE", "sunbird", _identifier, "keyspace of `user_consent`"
