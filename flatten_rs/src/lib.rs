@@ -140,7 +140,9 @@ fn to_python<'py>(
                     dict.into_any()
                 }
             };
-            let values: [Bound<'py, PyAny>; 12] = [
+            // Sized by the writer's column list: a column added there and not here (or the
+            // reverse) does not compile.
+            let values: [Bound<'py, PyAny>; writer::row::COLUMNS.len()] = [
                 strings.get(&row.program_id).into_any(),
                 PyString::new(py, &row.user_id).into_any(),
                 strings.text(row.program_externalid.as_deref()),
