@@ -337,7 +337,7 @@ class Settings:
         "PUI_CASSANDRA_TLS_CERT_FILE",
         "",
         readable_file,
-        "client certificate (PEM), when the nodes require one; set together with "
+        "client certificate (PEM, X.509 v3), when the nodes require one; set together with "
         "`PUI_CASSANDRA_TLS_KEY_FILE`",
     )
     cassandra_tls_key_file: str | None = setting(
