@@ -30,11 +30,8 @@ commands:
                        that creates anything: the others need only SELECT, INSERT, UPDATE on it)
   seed-demo            create what the exhaust reads and fill it with a sample program
 
-configuration (environment): PUI_POSTGRES_DSN, PUI_REDIS_URL (with the DB index), PUI_CASSANDRA_*
-(as for the streaming job), PUI_USER_KEYSPACE, PUI_REPORT_STORE, PUI_DATA_SECURITY_LEVEL,
-PUI_ZIP_ENCRYPTION, PUI_ENCRYPTION_SALT, PUI_EXHAUST_MODEL_CONFIG, PUI_PROCESSING_TIMEOUT,
-PUI_POLL_INTERVAL, PUI_REPORT_FILE_MODE, PUI_STORE_WAIT, PUI_STORAGE_* (cloud storage of the
-reports); see docs/exhaust.md.
+configuration: environment variables, listed below (PUI_CASSANDRA_* as for the streaming job);
+see docs/exhaust.md.
 """
 
 
