@@ -7,10 +7,8 @@ certificates, started from the local stack's jars on its own ports and data (abo
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -23,40 +21,16 @@ from dataflow.cassandra_session import connect, tls_context
 from dataflow.kafka_admin import ensure_topics
 from dataflow.sample_events import generate
 from tests.conftest import IN_CI, require_rust
-from tests.streaming_helpers import ROOT, final_counters, job_env, produce, run_job
-from tests.test_produce import closed_port
+from tests.streaming_helpers import final_counters, job_env, produce, run_job
 from tests.test_streaming_startup import delete_topics
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+from tests.tls_node import NodeUnavailable, make_pki, tls_node
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Path:
     """A CA, a server certificate for 127.0.0.1 (and one for a DNS name only), a client
     certificate, and an unrelated CA."""
-    d = tmp_path_factory.mktemp("pki")
-    key = ["-newkey", "rsa:2048", "-nodes"]
-    _openssl("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-             "-subj", "/CN=pui-test-ca", cwd=d)  # fmt: skip
-    _openssl("req", "-x509", *key, "-keyout", "other.key", "-out", "other.pem", "-days", "2",
-             "-subj", "/CN=other-ca", cwd=d)  # fmt: skip
-    for name, san in (
-        ("server", "subjectAltName=IP:127.0.0.1"),
-        ("named", "subjectAltName=DNS:cassandra.example.org"),
-        # An X.509 v3 certificate (any extension makes one): rustls refuses v1 ones.
-        ("client", "extendedKeyUsage=clientAuth"),
-    ):
-        _openssl("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                 "-subj", f"/CN=pui-{name}", cwd=d)  # fmt: skip
-        ext = []
-        if san:
-            (d / f"{name}.ext").write_text(san + "\n")
-            ext = ["-extfile", f"{name}.ext"]
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", *ext, cwd=d)  # fmt: skip
-    return d
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 class TlsListener:
@@ -271,89 +245,18 @@ def test_unusable_pem_files_are_refused_naming_them(pki, tmp_path):
 
 # --- a real Cassandra with client encryption ---------------------------------------------------
 
-JAVA = Path("/usr/lib/jvm/java-17-openjdk-amd64/bin/java")
-JARS = ROOT / "var" / "lib" / "cassandra"
-
 
 @pytest.fixture(scope="module")
 def tls_cassandra(pki, tmp_path_factory):
-    """A one-node Cassandra (the local stack's jars and settings) whose native port accepts only
-    TLS with a client certificate signed by the test CA. Yields its native port."""
-    jamm = next(JARS.glob("jamm-*.jar"), None)
-    if not JAVA.exists() or jamm is None:
-        msg = "Java 17 and the Cassandra jars are needed: run scripts/install"
-        if IN_CI:
-            pytest.fail(msg, pytrace=False)
-        pytest.skip(msg)
-    d = tmp_path_factory.mktemp("tls-cassandra")
-    (d / "keystore.pem").write_text(
-        (pki / "server.key").read_text() + (pki / "server.pem").read_text()
-    )
-    port, storage, ssl_storage = closed_port(), closed_port(), closed_port()
-    yaml = (
-        (ROOT / "services/cassandra/cassandra.yaml")
-        .read_text()
-        .replace("@AUTHENTICATOR@", "AllowAllAuthenticator")
-        .replace("native_transport_port: 9042", f"native_transport_port: {port}")
-        .replace("ssl_storage_port: 7001", f"ssl_storage_port: {ssl_storage}")
-        .replace("storage_port: 7000", f"storage_port: {storage}")
-        .replace('"127.0.0.1:7000"', f'"127.0.0.1:{storage}"')
-        .replace("cluster_name: 'program-user-info local'", "cluster_name: 'pui tls test'")
-    )
-    assert "client_encryption_options" not in yaml
-    yaml += f"""
-client_encryption_options:
-  ssl_context_factory:
-    class_name: org.apache.cassandra.security.PEMBasedSslContextFactory
-  enabled: true
-  optional: false
-  keystore: {d}/keystore.pem
-  truststore: {pki}/ca.pem
-  require_client_auth: true
-"""
-    (d / "cassandra.yaml").write_text(yaml)
-    (d / "tmp").mkdir()
-    argv = [
-        str(JAVA),
-        "-Xms512m",
-        "-Xmx512m",
-        f"@{ROOT}/services/cassandra/jvm17.args",
-        f"-javaagent:{jamm}",
-        f"-Dcassandra.config=file://{d}/cassandra.yaml",
-        f"-Dcassandra.storagedir={d}/data",
-        f"-Dcassandra.logdir={d}",
-        f"-Dlogback.configurationFile={ROOT}/services/cassandra/logback.xml",
-        "-Dcassandra-foreground=yes",
-        "-Dcassandra.skip_wait_for_gossip_to_settle=0",
-        "-Dcassandra.unsafesystem=true",
-        f"-Djava.io.tmpdir={d}/tmp",
-        f"-Djna.tmpdir={d}/tmp",
-        "-cp",
-        f"{JARS}/*",
-        "org.apache.cassandra.service.CassandraDaemon",
-    ]
-    with open(d / "node.log", "wb") as log:
-        node = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, cwd=d, start_new_session=True
-        )
+    """A one-node Cassandra whose native port accepts only TLS with a client certificate
+    signed by the test CA. Yields its native port."""
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert node.poll() is None, (d / "node.log").read_text()[-3000:]
-            try:
-                socket.create_connection(("127.0.0.1", port), 1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the TLS Cassandra node did not start"
-                time.sleep(1)
-        yield port
-    finally:
-        os.killpg(node.pid, signal.SIGTERM)
-        try:
-            node.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(node.pid, signal.SIGKILL)
-            node.wait(30)
+        with tls_node(pki, tmp_path_factory.mktemp("tls-cassandra")) as port:
+            yield port
+    except NodeUnavailable as exc:
+        if IN_CI:
+            pytest.fail(str(exc), pytrace=False)
+        pytest.skip(str(exc))
 
 
 def test_job_writes_through_cassandra_with_client_encryption(
