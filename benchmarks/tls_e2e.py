@@ -1,14 +1,16 @@
 """TLS to Cassandra: the streaming job's throughput and CPU per event with each engine, through
 client encryption and in clear text to the same node, in the same run.
 
-    .venv/bin/python -m benchmarks.tls_e2e [--events 100000]
+    .venv/bin/python -m benchmarks.tls_e2e [--events 100000] [--rounds 2]
 
 Needs the local stack's Kafka and the Cassandra jars (`scripts/install`, `scripts/services up`).
 Starts a private one-node Cassandra whose native port takes TLS and clear text alike
 (`client_encryption_options.optional`), so that the only difference between two runs of an
 engine is the encryption. Each run reads the same topic from the start into its own table, is
 timed as benchmarks/e2e.py times a dataflow (start-up apart), and is checked row for row.
-Prints a Markdown table with ratios to the Rust engine in clear text, and writes
+The runs go in one order in the first round and in the reverse order in the next (a freshly
+started node speeds up as it warms), and each figure is the mean over the rounds. Prints a
+Markdown table with ratios to the Rust engine in clear text, and writes
 ``benchmarks/results/tls_e2e.json``.
 """
 
@@ -49,6 +51,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each configuration")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="pui-tls-"))
@@ -74,25 +77,19 @@ def main() -> int:
                 publish(settings, settings.input_topic, events, total=len(events), progress=False)
                 programs = sorted({json.loads(e)["programId"] for e in events[:5000]})
                 del events
-                for engine, encrypted in RUNS:
-                    label = f"{engine}-{'tls' if encrypted else 'clear'}"
-                    table = f"run_{engine}_{'tls' if encrypted else 'clear'}"
-                    run_env = e2e.job_env(
-                        name,
-                        **(tls if encrypted else clear),
-                        PUI_ENGINE=engine,
-                        PUI_CASSANDRA_TABLE=table,
-                        PUI_GROUP_ID=f"{name}-{table}",
-                        PUI_STOP_AT_END="true",
-                    )
-                    bootstrap_cassandra(config.load(run_env))
-                    say(f"dataflow {label}")
-                    run = e2e.run_dataflow(run_env, 1, work / table)
-                    e2e.checked_rate(settings, table, programs, args.events, label, run)
-                    after = run["seconds"] - run["startup_seconds"]
-                    run["events_per_s_after_startup"] = args.events / after
-                    run["cpu_us_per_event"] = run["cpu_seconds"] / args.events * 1e6
-                    results["runs"][label] = run
+                for round_ in range(args.rounds):
+                    order = RUNS if round_ % 2 == 0 else RUNS[::-1]
+                    for engine, encrypted in order:
+                        label = f"{engine}-{'tls' if encrypted else 'clear'}"
+                        say(f"round {round_ + 1}: dataflow {label}")
+                        run = one_run(name, tls if encrypted else clear, engine, round_, work)
+                        e2e.checked_rate(
+                            settings, run.pop("table"), programs, args.events, label, run
+                        )
+                        after = run["seconds"] - run["startup_seconds"]
+                        run["events_per_s_after_startup"] = args.events / after
+                        run["cpu_us_per_event"] = run["cpu_seconds"] / args.events * 1e6
+                        results["runs"].setdefault(label, []).append(run)
             finally:
                 admin = AdminClient({"bootstrap.servers": settings.kafka_brokers})
                 for future in admin.delete_topics([settings.input_topic]).values():
@@ -105,17 +102,40 @@ def main() -> int:
     return 0
 
 
+def one_run(name: str, cassandra: dict, engine: str, round_: int, work: Path) -> dict:
+    """One dataflow process from the start of the topic into a table of its own."""
+    table = f"run_{engine}_{'tls' if 'PUI_CASSANDRA_TLS' in cassandra else 'clear'}_{round_}"
+    run_env = e2e.job_env(
+        name,
+        **cassandra,
+        PUI_ENGINE=engine,
+        PUI_CASSANDRA_TABLE=table,
+        PUI_GROUP_ID=f"{name}-{table}",
+        PUI_STOP_AT_END="true",
+    )
+    bootstrap_cassandra(config.load(run_env))
+    return e2e.run_dataflow(run_env, 1, work / table) | {"table": table}
+
+
+def mean(runs: list[dict], key: str) -> float:
+    return sum(run[key] for run in runs) / len(runs)
+
+
 def report(r: dict) -> None:
     base = r["runs"]["rust-clear"]
-    print(f"\n{r['machine']}; {r['events']:,} events, one process per run\n")
+    base_rate = mean(base, "events_per_s_after_startup")
+    base_cpu = mean(base, "cpu_us_per_event")
+    rounds = len(base)
+    print(f"\n{r['machine']}; {r['events']:,} events, one process per run, mean of {rounds}\n")
     print("| run | events/s (after start-up) | vs rust clear | CPU µs/event | vs rust clear |")
     print("|---|---:|---:|---:|---:|")
-    for label, run in r["runs"].items():
-        rate = run["events_per_s_after_startup"]
-        cpu = run["cpu_us_per_event"]
+    for label, runs in r["runs"].items():
+        rate = mean(runs, "events_per_s_after_startup")
+        cpu = mean(runs, "cpu_us_per_event")
+        each = ", ".join(f"{run['events_per_s_after_startup']:,.0f}" for run in runs)
         print(
-            f"| {label} | {rate:,.0f} | {rate / base['events_per_s_after_startup']:.2f} "
-            f"| {cpu:.1f} | {cpu / base['cpu_us_per_event']:.2f} |"
+            f"| {label} | {rate:,.0f} ({each}) | {rate / base_rate:.2f} "
+            f"| {cpu:.1f} | {cpu / base_cpu:.2f} |"
         )
 
 
