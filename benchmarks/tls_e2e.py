@@ -82,12 +82,10 @@ def main() -> int:
                     for engine, encrypted in order:
                         label = f"{engine}-{'tls' if encrypted else 'clear'}"
                         say(f"round {round_ + 1}: dataflow {label}")
-                        run = one_run(name, tls if encrypted else clear, engine, round_, work)
-                        e2e.checked_rate(
-                            settings, run.pop("table"), programs, args.events, label, run
-                        )
-                        after = run["seconds"] - run["startup_seconds"]
-                        run["events_per_s_after_startup"] = args.events / after
+                        table = f"run_{label.replace('-', '_')}_{round_}"
+                        cassandra = tls if encrypted else clear
+                        run = e2e.timed_run(name, engine, 1, table, work, **cassandra)
+                        e2e.checked_rate(settings, table, programs, args.events, label, run)
                         run["cpu_us_per_event"] = run["cpu_seconds"] / args.events * 1e6
                         results["runs"].setdefault(label, []).append(run)
             finally:
@@ -100,21 +98,6 @@ def main() -> int:
     (e2e.RESULTS / "tls_e2e.json").write_text(json.dumps(results, indent=2))
     report(results)
     return 0
-
-
-def one_run(name: str, cassandra: dict, engine: str, round_: int, work: Path) -> dict:
-    """One dataflow process from the start of the topic into a table of its own."""
-    table = f"run_{engine}_{'tls' if 'PUI_CASSANDRA_TLS' in cassandra else 'clear'}_{round_}"
-    run_env = e2e.job_env(
-        name,
-        **cassandra,
-        PUI_ENGINE=engine,
-        PUI_CASSANDRA_TABLE=table,
-        PUI_GROUP_ID=f"{name}-{table}",
-        PUI_STOP_AT_END="true",
-    )
-    bootstrap_cassandra(config.load(run_env))
-    return e2e.run_dataflow(run_env, 1, work / table) | {"table": table}
 
 
 def mean(runs: list[dict], key: str) -> float:

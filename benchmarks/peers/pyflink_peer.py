@@ -31,8 +31,8 @@ from benchmarks.e2e import (
     job_env,
     machine,
     proc_status_mib,
-    run_dataflow,
     say,
+    timed_run,
 )
 from dataflow import config
 from dataflow.bootstrap import bootstrap_cassandra
@@ -195,16 +195,8 @@ def main() -> int:
 
     for n in [int(x) for x in args.processes.split(",") if x]:
         table = f"bytewax_{n}"
-        run_env = job_env(
-            name,
-            PUI_ENGINE="rust",
-            PUI_CASSANDRA_TABLE=table,
-            PUI_GROUP_ID=f"{name}-{table}",
-            PUI_STOP_AT_END="true",
-        )
-        bootstrap_cassandra(config.load(run_env))
         say(f"our dataflow, {n} process(es)")
-        run = run_dataflow(run_env, n, work / table)
+        run = timed_run(name, "rust", n, table, work)
         run["peak_rss_mib"] = run["peak_rss_total_mib"]
         check(f"program-user-info (Bytewax, {n} process(es))", table, run)
     for p in [int(x) for x in args.parallelism.split(",") if x]:
