@@ -198,6 +198,50 @@ class Kafka(Service):
             return False
 
 
+def cassandra_yaml(
+    port: int, storage_port: int, ssl_storage_port: int, cluster_name: str, authenticator: str
+) -> str:
+    """The local node's cassandra.yaml on the given ports: a node of its own cluster, which
+    must not gossip with another local node."""
+    return (
+        (ROOT / "services/cassandra/cassandra.yaml")
+        .read_text()
+        .replace("@AUTHENTICATOR@", authenticator)
+        .replace("native_transport_port: 9042", f"native_transport_port: {port}")
+        .replace("ssl_storage_port: 7001", f"ssl_storage_port: {ssl_storage_port}")
+        .replace("storage_port: 7000", f"storage_port: {storage_port}")
+        .replace('"127.0.0.1:7000"', f'"127.0.0.1:{storage_port}"')
+        .replace("cluster_name: 'program-user-info local'", f"cluster_name: '{cluster_name}'")
+    )
+
+
+def cassandra_argv(yaml: Path, data: Path, home: Path, heap: str) -> list[str]:
+    """The command of a node configured by ``yaml``, keeping its data in ``data`` and its logs
+    and temporary files in ``home`` (the jars must be in var/lib/cassandra)."""
+    (home / "tmp").mkdir(parents=True, exist_ok=True)
+    jamm = next((VAR / "lib/cassandra").glob("jamm-*.jar"))
+    return [
+        str(JAVA),
+        f"-Xms{heap}",
+        f"-Xmx{heap}",
+        f"@{ROOT}/services/cassandra/jvm17.args",
+        f"-javaagent:{jamm}",
+        f"-Dcassandra.config=file://{yaml}",
+        f"-Dcassandra.storagedir={data}",
+        f"-Dcassandra.logdir={home}",
+        f"-Dlogback.configurationFile={ROOT}/services/cassandra/logback.xml",
+        "-Dcassandra-foreground=yes",
+        "-Dcassandra.skip_wait_for_gossip_to_settle=0",
+        "-Dcassandra.superuser_setup_delay_ms=0",
+        "-Dcassandra.unsafesystem=true",
+        f"-Djava.io.tmpdir={home}/tmp",
+        f"-Djna.tmpdir={home}/tmp",
+        "-cp",
+        f"{VAR / 'lib' / 'cassandra'}/*",
+        "org.apache.cassandra.service.CassandraDaemon",
+    ]
+
+
 class Cassandra(Service):
     storage_port = 7000
     cluster_name = "program-user-info local"
@@ -213,47 +257,13 @@ class Cassandra(Service):
 
     def start(self) -> None:
         self.data.mkdir(parents=True, exist_ok=True)
-        (self.dir / "tmp").mkdir(exist_ok=True)
         yaml = self.dir / "cassandra.yaml"
         authenticator = "PasswordAuthenticator" if self.auth else "AllowAllAuthenticator"
-        yaml.write_text(
-            (ROOT / "services/cassandra/cassandra.yaml")
-            .read_text()
-            .replace("@AUTHENTICATOR@", authenticator)
-            .replace("native_transport_port: 9042", f"native_transport_port: {self.port}")
-            .replace("storage_port: 7000", f"storage_port: {self.storage_port}")
-            .replace("ssl_storage_port: 7001", f"ssl_storage_port: {self.storage_port + 1}")
-            # A node of its own cluster: it must not gossip with the other local node.
-            .replace('"127.0.0.1:7000"', f'"127.0.0.1:{self.storage_port}"')
-            .replace(
-                "cluster_name: 'program-user-info local'", f"cluster_name: '{self.cluster_name}'"
-            )
-        )
-        cp = jars("cassandra")
-        jamm = next((VAR / "lib/cassandra").glob("jamm-*.jar"))
+        ports = (self.port, self.storage_port, self.storage_port + 1)
+        yaml.write_text(cassandra_yaml(*ports, self.cluster_name, authenticator))
+        jars("cassandra")
         heap = os.environ.get("PUI_CASSANDRA_HEAP", "1g")
-        self.spawn(
-            [
-                str(JAVA),
-                f"-Xms{heap}",
-                f"-Xmx{heap}",
-                f"@{ROOT}/services/cassandra/jvm17.args",
-                f"-javaagent:{jamm}",
-                f"-Dcassandra.config=file://{yaml}",
-                f"-Dcassandra.storagedir={self.data}",
-                f"-Dcassandra.logdir={self.dir}",
-                f"-Dlogback.configurationFile={ROOT}/services/cassandra/logback.xml",
-                "-Dcassandra-foreground=yes",
-                "-Dcassandra.skip_wait_for_gossip_to_settle=0",
-                "-Dcassandra.superuser_setup_delay_ms=0",
-                "-Dcassandra.unsafesystem=true",
-                f"-Djava.io.tmpdir={self.dir}/tmp",
-                f"-Djna.tmpdir={self.dir}/tmp",
-                "-cp",
-                cp,
-                "org.apache.cassandra.service.CassandraDaemon",
-            ]
-        )
+        self.spawn(cassandra_argv(yaml, self.data, self.dir, heap))
 
     def ready(self) -> bool:
         if not port_open(self.port):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import importlib.util
 import io
 import os
 import socket
@@ -31,12 +30,9 @@ from dataflow.exhaust import storage
 from dataflow.exhaust.__main__ import request_data
 from tests.conftest import _require
 from tests.exhaust_world import KEY, ROOT, World, ids, lines
+from tests.local_services import services
 from tests.test_exhaust import HEADER_PLAIN, LOC_A
 
-_spec = importlib.util.spec_from_file_location("pui_services", ROOT / "scripts" / "services.py")
-services = importlib.util.module_from_spec(_spec)
-sys.modules["pui_services"] = services  # dataclasses look their module up there
-_spec.loader.exec_module(services)
 AZURITE = services.SERVICES["azurite"]
 SEAWEED = services.SERVICES["seaweedfs"]
 IST = dt.timezone(dt.timedelta(hours=5, minutes=30))

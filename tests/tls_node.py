@@ -13,9 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-JAVA = Path("/usr/lib/jvm/java-17-openjdk-amd64/bin/java")
-JARS = ROOT / "var" / "lib" / "cassandra"
+from tests.local_services import services
 
 
 class NodeUnavailable(RuntimeError):
@@ -63,23 +61,15 @@ def tls_node(
     """A one-node Cassandra (the local stack's jars and settings) in ``d`` whose native port
     speaks TLS with the ``server`` certificate; ``optional`` also accepts clear text on it.
     Yields the port; the node is stopped on exit."""
-    jamm = next(JARS.glob("jamm-*.jar"), None)
-    if not JAVA.exists() or jamm is None:
+    jars = services.VAR / "lib" / "cassandra"
+    if not services.JAVA.exists() or next(jars.glob("jamm-*.jar"), None) is None:
         raise NodeUnavailable("Java 17 and the Cassandra jars are needed: run scripts/install")
     (d / "keystore.pem").write_text(
         (pki / "server.key").read_text() + (pki / "server.pem").read_text()
     )
     port, storage, ssl_storage = free_port(), free_port(), free_port()
-    yaml = (
-        (ROOT / "services/cassandra/cassandra.yaml")
-        .read_text()
-        .replace("@AUTHENTICATOR@", "AllowAllAuthenticator")
-        .replace("native_transport_port: 9042", f"native_transport_port: {port}")
-        .replace("ssl_storage_port: 7001", f"ssl_storage_port: {ssl_storage}")
-        .replace("storage_port: 7000", f"storage_port: {storage}")
-        .replace('"127.0.0.1:7000"', f'"127.0.0.1:{storage}"')
-        .replace("cluster_name: 'program-user-info local'", "cluster_name: 'pui tls node'")
-    )
+    ports = (port, storage, ssl_storage)
+    yaml = services.cassandra_yaml(*ports, "pui tls node", "AllowAllAuthenticator")
     assert "client_encryption_options" not in yaml
     yaml += f"""
 client_encryption_options:
@@ -92,26 +82,7 @@ client_encryption_options:
   require_client_auth: {str(require_client_auth).lower()}
 """
     (d / "cassandra.yaml").write_text(yaml)
-    (d / "tmp").mkdir(exist_ok=True)
-    argv = [
-        str(JAVA),
-        "-Xms512m",
-        "-Xmx512m",
-        f"@{ROOT}/services/cassandra/jvm17.args",
-        f"-javaagent:{jamm}",
-        f"-Dcassandra.config=file://{d}/cassandra.yaml",
-        f"-Dcassandra.storagedir={d}/data",
-        f"-Dcassandra.logdir={d}",
-        f"-Dlogback.configurationFile={ROOT}/services/cassandra/logback.xml",
-        "-Dcassandra-foreground=yes",
-        "-Dcassandra.skip_wait_for_gossip_to_settle=0",
-        "-Dcassandra.unsafesystem=true",
-        f"-Djava.io.tmpdir={d}/tmp",
-        f"-Djna.tmpdir={d}/tmp",
-        "-cp",
-        f"{JARS}/*",
-        "org.apache.cassandra.service.CassandraDaemon",
-    ]
+    argv = services.cassandra_argv(d / "cassandra.yaml", d / "data", d, "512m")
     with open(d / "node.log", "wb") as log:
         node = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, cwd=d, start_new_session=True
